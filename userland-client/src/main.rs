@@ -1,0 +1,2 @@
+//! The `probeport` command line.
+fn main() {}
