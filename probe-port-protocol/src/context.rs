@@ -54,7 +54,9 @@ pub struct ProbeContext {
 
 impl Default for ProbeContext {
     fn default() -> Self {
-        Self { slots: [0; CONTEXT_SLOTS] }
+        Self {
+            slots: [0; CONTEXT_SLOTS],
+        }
     }
 }
 
@@ -82,7 +84,9 @@ pub mod x86_64 {
 
     /// The slot of a register name, if it is one.
     pub fn register_slot(name: &str) -> Option<usize> {
-        REGISTER_NAMES.iter().position(|candidate| *candidate == name)
+        REGISTER_NAMES
+            .iter()
+            .position(|candidate| *candidate == name)
     }
 }
 
@@ -93,8 +97,8 @@ mod tests {
     #[test]
     fn layout_is_fixed() {
         assert_eq!(core::mem::size_of::<ProbeContext>(), CONTEXT_SIZE);
-        assert!(slot::ENTRY_BASE + ENTRY_SLOTS <= CONTEXT_SLOTS);
-        assert!(slot::REGISTER_BASE + slot::REGISTER_SLOTS <= slot::PC);
+        const { assert!(slot::ENTRY_BASE + ENTRY_SLOTS <= CONTEXT_SLOTS) };
+        const { assert!(slot::REGISTER_BASE + slot::REGISTER_SLOTS <= slot::PC) };
         let mut context = ProbeContext::default();
         context.slots[slot::PC] = 0x1122_3344_5566_7788;
         assert_eq!(context.as_bytes()[slot::PC * 8], 0x88);

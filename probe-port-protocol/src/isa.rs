@@ -170,7 +170,12 @@ pub struct Insn {
 impl Insn {
     /// Builds an instruction from its fields; registers are truncated to 4 bits.
     pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
-        Self { code, regs: (dst & 0x0f) | (src << 4), off, imm }
+        Self {
+            code,
+            regs: (dst & 0x0f) | (src << 4),
+            off,
+            imm,
+        }
     }
 
     /// The destination register number (0–15; only 0–10 pass the verifier).
@@ -192,7 +197,9 @@ impl Insn {
     pub const fn to_bytes(self) -> [u8; INSN_SIZE] {
         let off = self.off.to_le_bytes();
         let imm = self.imm.to_le_bytes();
-        [self.code, self.regs, off[0], off[1], imm[0], imm[1], imm[2], imm[3]]
+        [
+            self.code, self.regs, off[0], off[1], imm[0], imm[1], imm[2], imm[3],
+        ]
     }
 
     /// Decodes one instruction from its wire encoding.
@@ -254,7 +261,7 @@ impl fmt::Display for DecodeError {
 
 /// Decodes wire bytes into `out`, returning the filled prefix. No allocation.
 pub fn decode_into<'o>(bytes: &[u8], out: &'o mut [Insn]) -> Result<&'o [Insn], DecodeError> {
-    if bytes.len() % INSN_SIZE != 0 {
+    if !bytes.len().is_multiple_of(INSN_SIZE) {
         return Err(DecodeError::TrailingBytes { len: bytes.len() });
     }
     let slots = bytes.len() / INSN_SIZE;

@@ -77,14 +77,20 @@ impl AggregateKind {
         }
         let span = max.wrapping_sub(min) as u64;
         let buckets = span.div_ceil(step);
-        if buckets > MAX_LINEAR_BUCKETS { None } else { Some(buckets) }
+        if buckets > MAX_LINEAR_BUCKETS {
+            None
+        } else {
+            Some(buckets)
+        }
     }
 
     /// Size in bytes of one value of this aggregation, or `None` for invalid
     /// linear-histogram parameters.
     pub const fn value_size(self) -> Option<u16> {
         let words = match self {
-            AggregateKind::Count | AggregateKind::Sum | AggregateKind::Min | AggregateKind::Max => 1,
+            AggregateKind::Count | AggregateKind::Sum | AggregateKind::Min | AggregateKind::Max => {
+                1
+            }
             AggregateKind::Avg => 2,
             AggregateKind::Stats => 4,
             AggregateKind::Log2Hist => LOG2_BUCKETS as u64,
@@ -169,7 +175,9 @@ impl fmt::Display for MapSpecError {
         f.write_str(match self {
             MapSpecError::KeySize => "key size must be between 1 and 256 bytes",
             MapSpecError::ValueSize => "value size does not fit the map kind",
-            MapSpecError::HistogramRange => "linear histogram needs min < max, step >= 1, <= 1024 buckets",
+            MapSpecError::HistogramRange => {
+                "linear histogram needs min < max, step >= 1, <= 1024 buckets"
+            }
             MapSpecError::NoEntries => "a map must allow at least one entry",
         })
     }
@@ -241,9 +249,21 @@ mod tests {
         assert_eq!(linear_bucket(0, 0, 100, 10), 1);
         assert_eq!(linear_bucket(99, 0, 100, 10), 10);
         assert_eq!(linear_bucket(100, 0, 100, 10), 11);
-        let kind = AggregateKind::LinearHist { min: 0, max: 100, step: 10 };
+        let kind = AggregateKind::LinearHist {
+            min: 0,
+            max: 100,
+            step: 10,
+        };
         assert_eq!(kind.value_size(), Some(12 * 8));
-        assert_eq!(AggregateKind::LinearHist { min: 5, max: 5, step: 1 }.value_size(), None);
+        assert_eq!(
+            AggregateKind::LinearHist {
+                min: 5,
+                max: 5,
+                step: 1
+            }
+            .value_size(),
+            None
+        );
     }
 
     #[test]
@@ -256,8 +276,29 @@ mod tests {
             max_entries: 16,
         };
         assert_eq!(spec.validate(), Ok(()));
-        assert_eq!(MapSpec { value_size: 8, ..spec }.validate(), Err(MapSpecError::ValueSize));
-        assert_eq!(MapSpec { key_size: 0, ..spec }.validate(), Err(MapSpecError::KeySize));
-        assert_eq!(MapSpec { max_entries: 0, ..spec }.validate(), Err(MapSpecError::NoEntries));
+        assert_eq!(
+            MapSpec {
+                value_size: 8,
+                ..spec
+            }
+            .validate(),
+            Err(MapSpecError::ValueSize)
+        );
+        assert_eq!(
+            MapSpec {
+                key_size: 0,
+                ..spec
+            }
+            .validate(),
+            Err(MapSpecError::KeySize)
+        );
+        assert_eq!(
+            MapSpec {
+                max_entries: 0,
+                ..spec
+            }
+            .validate(),
+            Err(MapSpecError::NoEntries)
+        );
     }
 }

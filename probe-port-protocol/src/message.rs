@@ -192,6 +192,10 @@ pub enum TimerScope {
 }
 
 /// A message from the stub to the client.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "messages are short-lived values on the stack; no_std cannot box the marker list"
+)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StubMessage<'a> {
     /// 0. The one reply to the request with this sequence number.
@@ -500,7 +504,10 @@ pub enum ErrorDetail<'a> {
 impl<'a> ErrorReply<'a> {
     /// An error with no detail.
     pub const fn new(code: ErrorCode) -> Self {
-        Self { code, detail: ErrorDetail::None }
+        Self {
+            code,
+            detail: ErrorDetail::None,
+        }
     }
 
     /// An error with a detail.
@@ -577,7 +584,11 @@ impl Request<'_> {
     /// `INVALID_ARGUMENT` with the field name when this fails.
     pub fn validate(&self) -> Result<(), InvalidRequest> {
         let check = |ok: bool, field: &'static str| {
-            if ok { Ok(()) } else { Err(InvalidRequest { field }) }
+            if ok {
+                Ok(())
+            } else {
+                Err(InvalidRequest { field })
+            }
         };
         match &self.body {
             RequestBody::Hello(hello) => {
@@ -585,14 +596,24 @@ impl Request<'_> {
                 check(hello.min_version <= hello.max_version, "min_version")
             }
             RequestBody::Arm(arm) => {
-                check(arm.program.len() % crate::isa::INSN_SIZE == 0, "program")?;
+                check(
+                    arm.program.len().is_multiple_of(crate::isa::INSN_SIZE),
+                    "program",
+                )?;
                 match &arm.site {
                     Site::Dynamic { expected, .. } => {
                         check((1..=MAX_EXPECTED).contains(&expected.len()), "expected")
                     }
-                    Site::Return { expected, entry_program, .. } => {
+                    Site::Return {
+                        expected,
+                        entry_program,
+                        ..
+                    } => {
                         check((1..=MAX_EXPECTED).contains(&expected.len()), "expected")?;
-                        check(entry_program.len() % crate::isa::INSN_SIZE == 0, "entry_program")
+                        check(
+                            entry_program.len().is_multiple_of(crate::isa::INSN_SIZE),
+                            "entry_program",
+                        )
                     }
                     Site::Marker { .. } => Ok(()),
                     Site::Timer { period_ns, .. } => check(*period_ns > 0, "period_ns"),
@@ -626,7 +647,10 @@ pub struct UndecodableRequest {
 /// still send its one reply.
 pub fn classify_undecodable(payload: &[u8]) -> UndecodableRequest {
     let Some((seq, rest)) = read_varint_u32(payload) else {
-        return UndecodableRequest { seq: UNATTRIBUTED_SEQ, code: ErrorCode::MALFORMED };
+        return UndecodableRequest {
+            seq: UNATTRIBUTED_SEQ,
+            code: ErrorCode::MALFORMED,
+        };
     };
     let code = match read_varint_u32(rest) {
         Some((kind, _)) if kind >= REQUEST_KINDS => ErrorCode::UNKNOWN_REQUEST,

@@ -45,12 +45,20 @@ fn map_spec() -> impl Strategy<Value = MapSpec> {
 
 fn site() -> impl Strategy<Value = Site<'static>> {
     prop_oneof![
-        (any::<u64>(), bytes(15)).prop_map(|(address, expected)| Site::Dynamic { address, expected }),
+        (any::<u64>(), bytes(15))
+            .prop_map(|(address, expected)| Site::Dynamic { address, expected }),
         (any::<u64>(), bytes(15), bytes(64)).prop_map(|(address, expected, entry_program)| {
-            Site::Return { address, expected, entry_program }
+            Site::Return {
+                address,
+                expected,
+                entry_program,
+            }
         }),
         any::<u32>().prop_map(|index| Site::Marker { index }),
-        (any::<u64>(), prop_oneof![Just(TimerScope::OneCpu), Just(TimerScope::EachCpu)])
+        (
+            any::<u64>(),
+            prop_oneof![Just(TimerScope::OneCpu), Just(TimerScope::EachCpu)]
+        )
             .prop_map(|(period_ns, scope)| Site::Timer { period_ns, scope }),
     ]
 }
@@ -58,20 +66,28 @@ fn site() -> impl Strategy<Value = Site<'static>> {
 fn request_body() -> impl Strategy<Value = RequestBody<'static>> {
     prop_oneof![
         (any::<u16>(), any::<u16>(), text(64)).prop_map(|(min_version, max_version, client)| {
-            RequestBody::Hello(Hello { min_version, max_version, client })
+            RequestBody::Hello(Hello {
+                min_version,
+                max_version,
+                client,
+            })
         }),
         map_spec().prop_map(RequestBody::DefineMap),
-        (site(), bytes(256)).prop_map(|(site, program)| RequestBody::Arm(ArmRequest {
-            site,
-            program
-        })),
-        any::<u32>().prop_map(|probe| RequestBody::Disarm { probe: ProbeId(probe) }),
+        (site(), bytes(256))
+            .prop_map(|(site, program)| RequestBody::Arm(ArmRequest { site, program })),
+        any::<u32>().prop_map(|probe| RequestBody::Disarm {
+            probe: ProbeId(probe)
+        }),
         Just(RequestBody::Start),
         Just(RequestBody::Stop),
-        (any::<u16>(), any::<u32>())
-            .prop_map(|(map, cursor)| RequestBody::ReadMap { map: MapId(map), cursor }),
+        (any::<u16>(), any::<u32>()).prop_map(|(map, cursor)| RequestBody::ReadMap {
+            map: MapId(map),
+            cursor
+        }),
         any::<u16>().prop_map(|map| RequestBody::ClearMap { map: MapId(map) }),
-        any::<u32>().prop_map(|probe| RequestBody::ProbeStats { probe: ProbeId(probe) }),
+        any::<u32>().prop_map(|probe| RequestBody::ProbeStats {
+            probe: ProbeId(probe)
+        }),
         any::<u16>().prop_map(|cpu| RequestBody::CpuStats { cpu }),
         any::<u32>().prop_map(|index| RequestBody::DescribeMarker { index }),
         (any::<u64>(), any::<u16>())
@@ -86,7 +102,12 @@ fn request() -> impl Strategy<Value = Request<'static>> {
 }
 
 fn arch() -> impl Strategy<Value = Arch> {
-    prop_oneof![Just(Arch::X86_64), Just(Arch::I386), Just(Arch::Aarch64), Just(Arch::Riscv64)]
+    prop_oneof![
+        Just(Arch::X86_64),
+        Just(Arch::I386),
+        Just(Arch::Aarch64),
+        Just(Arch::Riscv64)
+    ]
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
@@ -148,19 +169,30 @@ fn reply_body() -> impl Strategy<Value = ReplyBody<'static>> {
         any::<u32>(),
         any::<u32>(),
     )
-        .prop_map(|(version, (build_id, name, arch), cpu_count, limits, caps, lease_ms)| {
-            ReplyBody::Hello(HelloReply {
-                version,
-                kernel: KernelIdentity { build_id, name, arch },
-                cpu_count,
-                limits,
-                capabilities: Capabilities(caps),
-                lease_ms,
-            })
-        });
+        .prop_map(
+            |(version, (build_id, name, arch), cpu_count, limits, caps, lease_ms)| {
+                ReplyBody::Hello(HelloReply {
+                    version,
+                    kernel: KernelIdentity {
+                        build_id,
+                        name,
+                        arch,
+                    },
+                    cpu_count,
+                    limits,
+                    capabilities: Capabilities(caps),
+                    lease_ms,
+                })
+            },
+        );
     let page = (any::<u16>(), any::<u32>(), bytes(512), any::<Option<u32>>()).prop_map(
         |(map, count, entries, next_cursor)| {
-            ReplyBody::MapPage(MapPage { map: MapId(map), count, entries, next_cursor })
+            ReplyBody::MapPage(MapPage {
+                map: MapId(map),
+                count,
+                entries,
+                next_cursor,
+            })
         },
     );
     let probe_stats = any::<(u32, u64, u64, u64, u64, u64)>().prop_map(
@@ -177,7 +209,15 @@ fn reply_body() -> impl Strategy<Value = ReplyBody<'static>> {
     );
     let cpu_stats = any::<(u16, u64, u64, u64, u64, u64, u64)>().prop_map(
         |(cpu, hits, reentered, emitted, lost, faults, next_seq)| {
-            ReplyBody::CpuStats(CpuStats { cpu, hits, reentered, emitted, lost, faults, next_seq })
+            ReplyBody::CpuStats(CpuStats {
+                cpu,
+                hits,
+                reentered,
+                emitted,
+                lost,
+                faults,
+                next_seq,
+            })
         },
     );
     let marker = (
@@ -188,18 +228,30 @@ fn reply_body() -> impl Strategy<Value = ReplyBody<'static>> {
         proptest::collection::vec((text(64), arg_type()), 0..=MAX_MARKER_ARGS),
     )
         .prop_map(|(index, total, name, address, args)| {
-            let args = args.into_iter().map(|(name, ty)| MarkerArg { name, ty }).collect();
-            ReplyBody::Marker(MarkerInfo { index, total, name, address, args })
+            let args = args
+                .into_iter()
+                .map(|(name, ty)| MarkerArg { name, ty })
+                .collect();
+            ReplyBody::Marker(MarkerInfo {
+                index,
+                total,
+                name,
+                address,
+                args,
+            })
         });
     prop_oneof![
         Just(ReplyBody::Done),
         hello,
-        any::<u32>().prop_map(|probe| ReplyBody::Armed { probe: ProbeId(probe) }),
+        any::<u32>().prop_map(|probe| ReplyBody::Armed {
+            probe: ProbeId(probe)
+        }),
         page,
         probe_stats,
         cpu_stats,
         marker,
-        (any::<u64>(), bytes(128)).prop_map(|(address, bytes)| ReplyBody::Memory { address, bytes }),
+        (any::<u64>(), bytes(128))
+            .prop_map(|(address, bytes)| ReplyBody::Memory { address, bytes }),
     ]
 }
 
@@ -208,12 +260,18 @@ fn error_reply() -> impl Strategy<Value = ErrorReply<'static>> {
         Just(ErrorDetail::None),
         any::<u64>().prop_map(ErrorDetail::Address),
         any::<u64>().prop_map(ErrorDetail::Value),
-        any::<(u32, u16, bool)>()
-            .prop_map(|(index, rule, entry)| ErrorDetail::Verifier { index, rule, entry }),
+        any::<(u32, u16, bool)>().prop_map(|(index, rule, entry)| ErrorDetail::Verifier {
+            index,
+            rule,
+            entry
+        }),
         bytes(15).prop_map(ErrorDetail::Bytes),
         text(96).prop_map(ErrorDetail::Text),
     ];
-    (any::<u16>(), detail).prop_map(|(code, detail)| ErrorReply { code: ErrorCode(code), detail })
+    (any::<u16>(), detail).prop_map(|(code, detail)| ErrorReply {
+        code: ErrorCode(code),
+        detail,
+    })
 }
 
 fn stub_message() -> impl Strategy<Value = StubMessage<'static>> {
@@ -222,11 +280,21 @@ fn stub_message() -> impl Strategy<Value = StubMessage<'static>> {
         (any::<u32>(), reply).prop_map(|(seq, reply)| StubMessage::Reply { seq, reply }),
         (any::<(u16, u64, u32, u64)>(), bytes(256)).prop_map(
             |((cpu, seq, probe, time_ns), data)| {
-                StubMessage::Event(Event { cpu, seq, probe: ProbeId(probe), time_ns, data })
+                StubMessage::Event(Event {
+                    cpu,
+                    seq,
+                    probe: ProbeId(probe),
+                    time_ns,
+                    data,
+                })
             }
         ),
         any::<(u16, u64, u64)>().prop_map(|(cpu, first_seq, count)| {
-            StubMessage::Lost(LostEvents { cpu, first_seq, count })
+            StubMessage::Lost(LostEvents {
+                cpu,
+                first_seq,
+                count,
+            })
         }),
     ]
 }
@@ -306,19 +374,32 @@ fn no_request_kind_is_missing_from_the_strategy() {
 /// The byte-level examples of PROTOCOL.md §4.4, checked exactly.
 #[test]
 fn protocol_examples_are_exact() {
-    let keep_alive = Request { seq: 1, body: RequestBody::KeepAlive };
+    let keep_alive = Request {
+        seq: 1,
+        body: RequestBody::KeepAlive,
+    };
     assert_eq!(encode(&keep_alive).unwrap(), [0x01, 0x0c]);
 
     let hello = Request {
         seq: 300,
-        body: RequestBody::Hello(Hello { min_version: 1, max_version: 1, client: "pp" }),
+        body: RequestBody::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "pp",
+        }),
     };
-    assert_eq!(encode(&hello).unwrap(), [0xac, 0x02, 0x00, 0x01, 0x01, 0x02, b'p', b'p']);
+    assert_eq!(
+        encode(&hello).unwrap(),
+        [0xac, 0x02, 0x00, 0x01, 0x01, 0x02, b'p', b'p']
+    );
 
     let arm = Request {
         seq: 2,
         body: RequestBody::Arm(ArmRequest {
-            site: Site::Dynamic { address: 0xffff_ffff_8100_0000, expected: &[0x55] },
+            site: Site::Dynamic {
+                address: 0xffff_ffff_8100_0000,
+                expected: &[0x55],
+            },
             program: &[0x95, 0, 0, 0, 0, 0, 0, 0],
         }),
     };
@@ -334,9 +415,15 @@ fn protocol_examples_are_exact() {
 
     let refused = StubMessage::Reply {
         seq: 2,
-        reply: Err(ErrorReply::with(ErrorCode::BYTES_MISMATCH, ErrorDetail::Bytes(&[0xcc]))),
+        reply: Err(ErrorReply::with(
+            ErrorCode::BYTES_MISMATCH,
+            ErrorDetail::Bytes(&[0xcc]),
+        )),
     };
-    assert_eq!(encode(&refused).unwrap(), [0x00, 0x02, 0x01, 0x0b, 0x04, 0x01, 0xcc]);
+    assert_eq!(
+        encode(&refused).unwrap(),
+        [0x00, 0x02, 0x01, 0x0b, 0x04, 0x01, 0xcc]
+    );
 
     let event = StubMessage::Event(Event {
         cpu: 1,
@@ -345,9 +432,16 @@ fn protocol_examples_are_exact() {
         time_ns: 1000,
         data: &[0xaa, 0xbb],
     });
-    assert_eq!(encode(&event).unwrap(), [0x01, 0x01, 0x07, 0x03, 0xe8, 0x07, 0x02, 0xaa, 0xbb]);
+    assert_eq!(
+        encode(&event).unwrap(),
+        [0x01, 0x01, 0x07, 0x03, 0xe8, 0x07, 0x02, 0xaa, 0xbb]
+    );
 
-    let lost = StubMessage::Lost(LostEvents { cpu: 0, first_seq: 8, count: 2 });
+    let lost = StubMessage::Lost(LostEvents {
+        cpu: 0,
+        first_seq: 8,
+        count: 2,
+    });
     assert_eq!(encode(&lost).unwrap(), [0x02, 0x00, 0x08, 0x02]);
 }
 
@@ -356,17 +450,26 @@ fn undecodable_requests_are_classified() {
     // seq 5, request kind 14: newer than this version.
     assert_eq!(
         classify_undecodable(&[0x05, 0x0e]),
-        UndecodableRequest { seq: 5, code: ErrorCode::UNKNOWN_REQUEST }
+        UndecodableRequest {
+            seq: 5,
+            code: ErrorCode::UNKNOWN_REQUEST
+        }
     );
     // seq 5, Hello with a truncated body.
     assert_eq!(
         classify_undecodable(&[0x05, 0x00, 0x01]),
-        UndecodableRequest { seq: 5, code: ErrorCode::MALFORMED }
+        UndecodableRequest {
+            seq: 5,
+            code: ErrorCode::MALFORMED
+        }
     );
     // Not even a sequence number.
     assert_eq!(
         classify_undecodable(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
-        UndecodableRequest { seq: UNATTRIBUTED_SEQ, code: ErrorCode::MALFORMED }
+        UndecodableRequest {
+            seq: UNATTRIBUTED_SEQ,
+            code: ErrorCode::MALFORMED
+        }
     );
     assert_eq!(classify_undecodable(&[]).seq, UNATTRIBUTED_SEQ);
 }
@@ -375,13 +478,37 @@ fn undecodable_requests_are_classified() {
 fn bounds_are_validated() {
     let request = |body| Request { seq: 1, body };
     let arm = |site, program: &'static [u8]| RequestBody::Arm(ArmRequest { site, program });
-    assert!(request(arm(Site::Dynamic { address: 1, expected: &[0x90] }, &[0; 8])).validate().is_ok());
+    assert!(
+        request(arm(
+            Site::Dynamic {
+                address: 1,
+                expected: &[0x90]
+            },
+            &[0; 8]
+        ))
+        .validate()
+        .is_ok()
+    );
     assert_eq!(
-        request(arm(Site::Dynamic { address: 1, expected: &[] }, &[0; 8])).validate(),
+        request(arm(
+            Site::Dynamic {
+                address: 1,
+                expected: &[]
+            },
+            &[0; 8]
+        ))
+        .validate(),
         Err(InvalidRequest { field: "expected" })
     );
     assert_eq!(
-        request(arm(Site::Dynamic { address: 1, expected: &[0; 16] }, &[0; 8])).validate(),
+        request(arm(
+            Site::Dynamic {
+                address: 1,
+                expected: &[0; 16]
+            },
+            &[0; 8]
+        ))
+        .validate(),
         Err(InvalidRequest { field: "expected" })
     );
     assert_eq!(
@@ -393,11 +520,22 @@ fn bounds_are_validated() {
         Err(InvalidRequest { field: "len" })
     );
     assert_eq!(
-        request(RequestBody::ReadMemory { address: 0, len: MAX_READ_MEMORY + 1 }).validate(),
+        request(RequestBody::ReadMemory {
+            address: 0,
+            len: MAX_READ_MEMORY + 1
+        })
+        .validate(),
         Err(InvalidRequest { field: "len" })
     );
     assert_eq!(
-        request(arm(Site::Timer { period_ns: 0, scope: TimerScope::OneCpu }, &[])).validate(),
+        request(arm(
+            Site::Timer {
+                period_ns: 0,
+                scope: TimerScope::OneCpu
+            },
+            &[]
+        ))
+        .validate(),
         Err(InvalidRequest { field: "period_ns" })
     );
 }
