@@ -379,6 +379,11 @@ fn protocol_examples_are_exact() {
         body: RequestBody::KeepAlive,
     };
     assert_eq!(encode(&keep_alive).unwrap(), [0x01, 0x0c]);
+    // §3.5: the same message as a frame on a byte stream.
+    assert_eq!(
+        probe_port_protocol::frame::encode_message_vec(&keep_alive).unwrap(),
+        [0x07, 0x01, 0x0c, 0x95, 0x6f, 0x74, 0x51, 0x00]
+    );
 
     let hello = Request {
         seq: 300,
