@@ -1,0 +1,389 @@
+//! The IDT, the trap entry stubs, the register frame and the Rust dispatcher.
+//!
+//! # Design
+//!
+//! All 256 vectors enter through one assembly path. Each vector has a 16-byte stub
+//! that pushes a zero in place of an error code when the CPU does not push one, then
+//! the vector number, and jumps to `trap_common`, which pushes every general-purpose
+//! register and calls [`trap_dispatch`] with a pointer to the resulting [`TrapFrame`].
+//! On return it pops the registers *from the frame*, so whatever the Rust side wrote
+//! into the frame (RIP, RFLAGS, RSP, any register) is what `iretq` resumes with. This
+//! is the hook the probe stub needs: a #BP (int3, vector 3) or #DB (vector 1) hands
+//! the full frame to the registered [`TrapHook`], which may redirect execution.
+//!
+//! Every gate is an interrupt gate (interrupts stay off inside handlers) with DPL 0;
+//! #DF runs on its own IST stack. Vectors without a handler end in a fatal report:
+//! vector, error code, RIP (and CR2 for a page fault) on the console, then
+//! `VERDICT: FAIL`.
+//!
+//! # Invariants
+//!
+//! - The frame layout in [`TrapFrame`] matches the push order in `trap_common`
+//!   (checked by a size assertion and by the int3 self-test, which reads and writes
+//!   registers through it).
+//! - `trap_common` keeps the stack 16-byte aligned at the `call` (the CPU aligns it
+//!   before pushing its 40-byte frame; stub and registers add 136 bytes).
+//! - Hooks run in probe context: no allocation, no lock, no printing.
+
+use core::arch::global_asm;
+use core::mem::size_of;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::apic;
+use crate::console::println;
+use crate::gdt::{DOUBLE_FAULT_IST, DescriptorTablePointer, KERNEL_CODE_SELECTOR};
+use crate::percpu;
+use crate::verdict;
+
+/// Debug exception (single step, hardware breakpoints).
+pub(crate) const DEBUG_VECTOR: u64 = 1;
+/// Breakpoint (`int3`).
+pub(crate) const BREAKPOINT_VECTOR: u64 = 3;
+const DOUBLE_FAULT_VECTOR: usize = 8;
+const PAGE_FAULT_VECTOR: u64 = 14;
+/// First vector of the legacy PICs after remapping; they stay masked, but a spurious
+/// IRQ 7 or 15 can still arrive.
+pub(crate) const PIC_VECTOR_BASE: u8 = 0x20;
+/// Local APIC timer.
+pub(crate) const TIMER_VECTOR: u8 = 0x40;
+/// Local APIC spurious-interrupt vector.
+pub(crate) const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// Size of one entry stub; stub `n` is at `trap_stubs + n * STUB_SIZE`.
+const STUB_SIZE: usize = 16;
+
+/// The registers of the interrupted code, as `trap_common` saved them. Writing a field
+/// changes what the interrupted code resumes with.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct TrapFrame {
+    pub(crate) r15: u64,
+    pub(crate) r14: u64,
+    pub(crate) r13: u64,
+    pub(crate) r12: u64,
+    pub(crate) r11: u64,
+    pub(crate) r10: u64,
+    pub(crate) r9: u64,
+    pub(crate) r8: u64,
+    pub(crate) rbp: u64,
+    pub(crate) rdi: u64,
+    pub(crate) rsi: u64,
+    pub(crate) rdx: u64,
+    pub(crate) rcx: u64,
+    pub(crate) rbx: u64,
+    pub(crate) rax: u64,
+    /// Vector number pushed by the stub.
+    pub(crate) vector: u64,
+    /// Error code pushed by the CPU, or 0 for vectors without one.
+    pub(crate) error_code: u64,
+    // Pushed by the CPU.
+    pub(crate) rip: u64,
+    pub(crate) cs: u64,
+    pub(crate) rflags: u64,
+    pub(crate) rsp: u64,
+    pub(crate) ss: u64,
+}
+
+const _: () = assert!(size_of::<TrapFrame>() == 22 * 8);
+
+/// What a trap hook did with a trap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TrapDisposition {
+    /// The hook handled the trap; resume with the (possibly modified) frame.
+    Handled,
+    /// Not the hook's trap (for example an int3 it did not plant): fatal.
+    NotMine,
+}
+
+/// A function that handles #BP or #DB in probe context.
+pub(crate) type TrapHook = fn(&mut TrapFrame) -> TrapDisposition;
+
+/// A slot holding at most one hook, readable from any CPU without a lock.
+struct HookSlot(AtomicUsize);
+
+impl HookSlot {
+    const fn empty() -> Self {
+        Self(AtomicUsize::new(0))
+    }
+
+    fn set(&self, hook: Option<TrapHook>) {
+        self.0
+            .store(hook.map_or(0, |hook| hook as usize), Ordering::Release);
+    }
+
+    fn get(&self) -> Option<TrapHook> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            // SAFETY: every non-zero value was stored by `set` from a `TrapHook`.
+            address => Some(unsafe { core::mem::transmute::<usize, TrapHook>(address) }),
+        }
+    }
+}
+
+static BREAKPOINT_HOOK: HookSlot = HookSlot::empty();
+static DEBUG_HOOK: HookSlot = HookSlot::empty();
+
+/// Installs (or with `None` removes) the #BP hook; this is where the probe stub hooks in.
+pub(crate) fn set_breakpoint_hook(hook: Option<TrapHook>) {
+    BREAKPOINT_HOOK.set(hook);
+}
+
+/// Installs (or with `None` removes) the #DB hook.
+pub(crate) fn set_debug_hook(hook: Option<TrapHook>) {
+    DEBUG_HOOK.set(hook);
+}
+
+/// One IDT gate descriptor.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    interrupt_stack: u8,
+    type_and_attributes: u8,
+    offset_middle: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+impl Gate {
+    const MISSING: Gate = Gate {
+        offset_low: 0,
+        selector: 0,
+        interrupt_stack: 0,
+        type_and_attributes: 0,
+        offset_middle: 0,
+        offset_high: 0,
+        reserved: 0,
+    };
+
+    fn interrupt_gate(handler: u64, interrupt_stack: u8) -> Gate {
+        Gate {
+            offset_low: handler as u16,
+            selector: KERNEL_CODE_SELECTOR,
+            interrupt_stack,
+            type_and_attributes: 0x8e, // present, DPL 0, 64-bit interrupt gate
+            offset_middle: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+/// The IDT, shared by every CPU.
+struct Idt(core::cell::UnsafeCell<[Gate; 256]>);
+
+// SAFETY: the BSP fills the table once in `init`, before any other CPU runs or any
+// interrupt is enabled; afterwards it is only read (by the CPUs, through IDTR).
+unsafe impl Sync for Idt {}
+
+static IDT: Idt = Idt(core::cell::UnsafeCell::new([Gate::MISSING; 256]));
+
+unsafe extern "C" {
+    /// First entry stub (vector 0); see the module docs.
+    static trap_stubs: u8;
+}
+
+/// Fills the IDT. Called once, by the BSP, before [`load`].
+pub(crate) fn init() {
+    let stubs = &raw const trap_stubs as u64;
+    // SAFETY: runs once on the BSP before any CPU loads the IDT (see `Idt`).
+    let gates = unsafe { &mut *IDT.0.get() };
+    for (vector, gate) in gates.iter_mut().enumerate() {
+        let interrupt_stack = if vector == DOUBLE_FAULT_VECTOR {
+            DOUBLE_FAULT_IST
+        } else {
+            0
+        };
+        *gate = Gate::interrupt_gate(stubs + (vector * STUB_SIZE) as u64, interrupt_stack);
+    }
+}
+
+/// Loads the IDT on this CPU.
+pub(crate) fn load() {
+    let pointer = DescriptorTablePointer {
+        limit: (size_of::<[Gate; 256]>() - 1) as u16,
+        base: IDT.0.get() as u64,
+    };
+    // SAFETY: the IDT is a filled static (init ran on the BSP first) with valid stubs.
+    unsafe {
+        core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags))
+    };
+}
+
+/// Called by `trap_common` for every vector, with interrupts off.
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    match frame.vector {
+        BREAKPOINT_VECTOR => run_hook(&BREAKPOINT_HOOK, frame, "int3 with no hook that claims it"),
+        DEBUG_VECTOR => run_hook(
+            &DEBUG_HOOK,
+            frame,
+            "debug exception with no hook that claims it",
+        ),
+        vector if vector == u64::from(TIMER_VECTOR) => apic::on_timer_interrupt(),
+        vector if vector == u64::from(SPURIOUS_VECTOR) => {}
+        // Spurious IRQ 7 / 15 from the (masked) legacy PICs: no EOI, nothing to do.
+        vector
+            if vector == u64::from(PIC_VECTOR_BASE + 7)
+                || vector == u64::from(PIC_VECTOR_BASE + 15) => {}
+        _ => fatal(frame, "unexpected trap"),
+    }
+}
+
+fn run_hook(slot: &HookSlot, frame: &mut TrapFrame, complaint: &str) {
+    let disposition = slot
+        .get()
+        .map_or(TrapDisposition::NotMine, |hook| hook(frame));
+    if disposition == TrapDisposition::NotMine {
+        fatal(frame, complaint);
+    }
+}
+
+/// Reports a trap nobody handles and ends the run with `VERDICT: FAIL`.
+fn fatal(frame: &TrapFrame, what: &str) -> ! {
+    let cpu = percpu::current_index_if_installed();
+    let name = exception_name(frame.vector);
+    let cpu_label = CpuLabel(cpu);
+    crate::console::emergency_write(format_args!(
+        "FATAL: {cpu_label}: {what}: vector {vector} ({name}), error code {error:#x}, rip {rip:#x}, \
+         rsp {rsp:#x}, rflags {rflags:#x}\n",
+        vector = frame.vector,
+        error = frame.error_code,
+        rip = frame.rip,
+        rsp = frame.rsp,
+        rflags = frame.rflags,
+    ));
+    if frame.vector == PAGE_FAULT_VECTOR {
+        crate::console::emergency_write(format_args!(
+            "FATAL: page fault address (cr2) {:#x}\n",
+            crate::cpu::read_cr2()
+        ));
+    }
+    verdict::fail(format_args!(
+        "{cpu_label}: {what}: vector {} ({name}) at rip {:#x}, error code {:#x}",
+        frame.vector, frame.rip, frame.error_code
+    ))
+}
+
+/// "cpu N" or "cpu ?" before per-CPU setup.
+struct CpuLabel(Option<usize>);
+
+impl core::fmt::Display for CpuLabel {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(index) => write!(formatter, "cpu {index}"),
+            None => formatter.write_str("cpu ?"),
+        }
+    }
+}
+
+fn exception_name(vector: u64) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE divide error",
+        "#DB debug",
+        "NMI",
+        "#BP breakpoint",
+        "#OF overflow",
+        "#BR bound range",
+        "#UD invalid opcode",
+        "#NM device not available",
+        "#DF double fault",
+        "coprocessor segment overrun",
+        "#TS invalid TSS",
+        "#NP segment not present",
+        "#SS stack fault",
+        "#GP general protection",
+        "#PF page fault",
+        "reserved",
+        "#MF x87 error",
+        "#AC alignment check",
+        "#MC machine check",
+        "#XM SIMD error",
+        "#VE virtualization",
+        "#CP control protection",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "#HV hypervisor injection",
+        "#VC VMM communication",
+        "#SX security",
+        "reserved",
+    ];
+    NAMES
+        .get(vector as usize)
+        .copied()
+        .unwrap_or("external interrupt")
+}
+
+/// Prints the vectors the kernel handles (boot log).
+pub(crate) fn describe() {
+    println!(
+        "traps: IDT with 256 gates; #BP/#DB hand a full frame to hooks, #DF on IST {DOUBLE_FAULT_IST}, \
+         timer vector {TIMER_VECTOR:#x}"
+    );
+}
+
+global_asm!(
+    r#"
+    .pushsection .text.traps, "ax"
+    .balign {stub_size}
+    .global trap_stubs
+trap_stubs:
+    .set trap_vector, 0
+    .rept 256
+    .balign {stub_size}
+    /* The CPU pushes an error code for vectors 8, 10-14, 17, 21, 29 and 30. */
+    .if (trap_vector == 8) || ((trap_vector >= 10) && (trap_vector <= 14)) || (trap_vector == 17) || (trap_vector == 21) || (trap_vector == 29) || (trap_vector == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $trap_vector
+    jmp trap_common
+    .set trap_vector, trap_vector + 1
+    .endr
+
+trap_common:
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    cld
+    movq %rsp, %rdi
+    call {dispatch}
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rbp
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rbx
+    popq %rax
+    addq $16, %rsp                  /* vector and error code */
+    iretq
+    .popsection
+    "#,
+    stub_size = const STUB_SIZE,
+    dispatch = sym trap_dispatch,
+    options(att_syntax),
+);

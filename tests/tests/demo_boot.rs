@@ -1,0 +1,238 @@
+//! Boots of the demo kernel under QEMU through the harness.
+//!
+//! Every test runs QEMU with TCG (never KVM); each says which TCG threading mode it
+//! uses. The boots run one at a time (a lock below): the machines have two cores and
+//! other test binaries may run QEMU too. Nothing is skipped when QEMU is missing: the
+//! harness installs it (as root) or the test fails with the reason.
+//!
+//! Leftover processes are checked per run, by QEMU's pid and by `pgrep -f` on the
+//! run's private directory (which appears on QEMU's command line), not with a global
+//! `pgrep qemu`, which would see other engineers' and other tests' QEMUs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use qemu::{
+    Config, EXIT_STATUS_FAIL, EXIT_STATUS_PASS, Error, Qemu, TcgThreading, build_demo_kernel,
+};
+
+/// One QEMU at a time in this test binary.
+fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn demo_kernel() -> PathBuf {
+    build_demo_kernel().unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Panics if the QEMU of a finished run is still there.
+fn assert_no_qemu_left(pid: u32, run_directory: &Path) {
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU (pid {pid}) still exists after the run"
+    );
+    let output = Command::new("pgrep")
+        .arg("-f")
+        .arg(run_directory)
+        .output()
+        .expect("pgrep (procps) is needed to look for leftover QEMU processes");
+    let leftovers = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        leftovers.trim().is_empty(),
+        "processes of {} left: {leftovers}",
+        run_directory.display()
+    );
+}
+
+/// The tick count the kernel printed for `cpu N`.
+fn timer_ticks(console: &str, cpu: usize) -> Option<u64> {
+    let prefix = format!("cpu {cpu} (apic ");
+    console.lines().find_map(|line| {
+        let rest = line.strip_prefix(&prefix)?;
+        let (_, counted) = rest.split_once("): ")?;
+        counted.strip_suffix(" timer ticks")?.parse().ok()
+    })
+}
+
+/// Boots with two CPUs, answers the COM2 self-check and checks the whole console.
+fn boot_two_cpus_and_echo(threading: TcgThreading) {
+    let _guard = one_boot_at_a_time();
+    let config = Config::new(demo_kernel())
+        .cpus(2)
+        .tcg_threading(threading)
+        .timeout(Duration::from_secs(60));
+    let started = Instant::now();
+    let mut qemu = Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
+    let (pid, run_directory) = (qemu.pid(), qemu.run_directory().to_path_buf());
+
+    let hello = qemu
+        .read_port_line()
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(hello.as_deref(), Some("probeport demo-kernel: COM2 hello"));
+    qemu.write_port(b"ping 1234 from the harness\n")
+        .unwrap_or_else(|error| panic!("{error}"));
+    let echo = qemu
+        .read_port_line()
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(echo.as_deref(), Some("echo: ping 1234 from the harness"));
+
+    let outcome = qemu.wait().unwrap_or_else(|error| panic!("{error}"));
+    eprintln!(
+        "{threading:?} TCG: boot to verdict in {:.2?} ({:.2?} with the harness)",
+        outcome.elapsed,
+        started.elapsed()
+    );
+    assert_eq!(outcome.exit_status, EXIT_STATUS_PASS);
+    let console = &outcome.console;
+    for expected in [
+        "cpu 0 (apic 0): up",
+        "cpu 1 (apic 1): up",
+        "smp: 2 of 2 CPU(s) online",
+        "selftest: int3 round trip survived",
+        "selftest: single-step #DB round trip survived",
+        "com2: echoed a 26-byte line back to the host",
+        "VERDICT: PASS",
+    ] {
+        assert!(
+            console.contains(expected),
+            "console lacks {expected:?}:\n{console}"
+        );
+    }
+    for cpu in 0..2 {
+        let ticks = timer_ticks(console, cpu)
+            .unwrap_or_else(|| panic!("no tick count for cpu {cpu}:\n{console}"));
+        assert!(
+            ticks >= 10,
+            "cpu {cpu} took only {ticks} timer ticks:\n{console}"
+        );
+    }
+    assert!(
+        !run_directory.exists(),
+        "a passing run's directory is removed"
+    );
+    assert_no_qemu_left(pid, &run_directory);
+}
+
+#[test]
+fn two_cpus_timer_int3_and_com2_echo_with_multi_threaded_tcg() {
+    boot_two_cpus_and_echo(TcgThreading::Multi);
+}
+
+#[test]
+fn two_cpus_timer_int3_and_com2_echo_with_single_threaded_tcg() {
+    boot_two_cpus_and_echo(TcgThreading::Single);
+}
+
+#[test]
+fn kernel_panic_fails_the_run_with_the_panic_message() {
+    let _guard = one_boot_at_a_time();
+    let config = Config::new(demo_kernel())
+        .append("demo.panic")
+        .timeout(Duration::from_secs(60));
+    let qemu = Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
+    let (pid, run_directory) = (qemu.pid(), qemu.run_directory().to_path_buf());
+
+    let error = qemu
+        .wait()
+        .expect_err("a panicking kernel must fail the run");
+    let message = error.to_string();
+    match &error {
+        Error::GuestFailed {
+            reason,
+            exit_status,
+            console,
+        } => {
+            assert!(
+                reason.contains("demo.panic on the kernel command line: panicking on purpose"),
+                "{reason}"
+            );
+            assert!(reason.starts_with("panic on cpu 0 at "), "{reason}");
+            assert_eq!(*exit_status, Some(EXIT_STATUS_FAIL));
+            assert!(
+                console.contents.contains("PANIC on cpu 0"),
+                "{}",
+                console.contents
+            );
+            assert!(
+                console.path.is_file(),
+                "the console log of a failed run is kept"
+            );
+        }
+        other => panic!("expected GuestFailed, got {other}"),
+    }
+    assert!(
+        message.contains("panicking on purpose") && message.contains("console log kept at"),
+        "{message}"
+    );
+    assert_no_qemu_left(pid, &run_directory);
+    std::fs::remove_dir_all(&run_directory).expect("removing the kept run directory");
+}
+
+#[test]
+fn timeout_kills_qemu_and_leaves_no_process() {
+    let _guard = one_boot_at_a_time();
+    let timeout = Duration::from_secs(5);
+    let config = Config::new(demo_kernel())
+        .append("demo.hang demo.com2=off")
+        .timeout(timeout);
+    let started = Instant::now();
+    let qemu = Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
+    let (pid, run_directory) = (qemu.pid(), qemu.run_directory().to_path_buf());
+
+    let error = qemu.wait().expect_err("a hanging kernel must time out");
+    let waited = started.elapsed();
+    match &error {
+        Error::Timeout {
+            timeout: reported,
+            console,
+        } => {
+            assert_eq!(*reported, timeout);
+            assert!(
+                console.contents.contains("idling without a verdict"),
+                "{}",
+                console.contents
+            );
+            assert!(
+                !console.contents.contains("VERDICT"),
+                "{}",
+                console.contents
+            );
+        }
+        other => panic!("expected Timeout, got {other}"),
+    }
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    assert!(
+        error.to_string().contains("did not finish within 5s"),
+        "{error}"
+    );
+    assert_no_qemu_left(pid, &run_directory);
+    std::fs::remove_dir_all(&run_directory).expect("removing the kept run directory");
+}
+
+#[test]
+fn dropping_a_run_kills_qemu() {
+    let _guard = one_boot_at_a_time();
+    let config = Config::new(demo_kernel())
+        .append("demo.hang")
+        .timeout(Duration::from_secs(60));
+    let mut qemu = Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
+    let (pid, run_directory) = (qemu.pid(), qemu.run_directory().to_path_buf());
+    // The kernel is up once it greets on COM2; then drop the run in the middle.
+    let hello = qemu
+        .read_port_line()
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(hello.as_deref(), Some("probeport demo-kernel: COM2 hello"));
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU runs before the drop"
+    );
+    drop(qemu);
+    assert_no_qemu_left(pid, &run_directory);
+    std::fs::remove_dir_all(&run_directory).expect("removing the kept run directory");
+}
