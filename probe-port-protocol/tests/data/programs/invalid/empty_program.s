@@ -1,0 +1,2 @@
+; expect: 0 empty-program
+; A program with no instructions at all.
