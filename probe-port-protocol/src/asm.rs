@@ -1,7 +1,8 @@
 //! The text assembler and disassembler of handler programs.
 //!
 //! Tests, `probeport check --dump` and anyone driving the port by hand write and read
-//! programs in this syntax; the verifier uses [`format_insn`] in its messages.
+//! programs in this syntax; clients use [`format_insn`] to show the instruction a
+//! verifier error names.
 //!
 //! # Syntax
 //!

@@ -225,6 +225,18 @@ impl MapShapes for [MapSpec] {
     }
 }
 
+impl<const N: usize> MapShapes for [MapSpec; N] {
+    fn spec(&self, map: MapId) -> Option<MapSpec> {
+        self.as_slice().spec(map)
+    }
+}
+
+impl<T: MapShapes + ?Sized> MapShapes for &T {
+    fn spec(&self, map: MapId) -> Option<MapSpec> {
+        (**self).spec(map)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

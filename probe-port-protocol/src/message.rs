@@ -525,8 +525,10 @@ impl fmt::Display for ErrorReply<'_> {
             ErrorDetail::Value(value) => write!(f, ": {value}"),
             ErrorDetail::Verifier { index, rule, entry } => {
                 let program = if entry { "entry program" } else { "program" };
-                // FIXME(lead): name the rule once verifier::Rule lands.
-                write!(f, ": {program} instruction {index}: rule {rule}")
+                match crate::verifier::Rule::from_code(rule) {
+                    Some(rule) => write!(f, ": {program} instruction {index}: {rule}"),
+                    None => write!(f, ": {program} instruction {index}: rule {rule}"),
+                }
             }
             ErrorDetail::Bytes(bytes) => {
                 f.write_str(": found")?;

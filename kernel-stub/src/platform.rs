@@ -1,0 +1,140 @@
+//! What a kernel provides to the stub: the `Platform` trait.
+//!
+//! # Design
+//!
+//! A kernel embeds the stub by implementing [`Platform`]: a handful of required
+//! methods (CPUs, tasks, time, fault-tolerant reads, text patching) and optional
+//! capabilities as default methods that say "unsupported". Everything the stub
+//! knows about a particular kernel goes through here; the stub itself never touches
+//! a device, a page table or a scheduler.
+//!
+//! Methods marked *probe context* are called from the trap path, with interrupts
+//! off on the current CPU: they must not allocate, block, take a lock the CPU could
+//! already hold, or send IPC. The others are called from the session (the thread
+//! serving the port), where blocking briefly is fine.
+//!
+//! # Invariants
+//!
+//! - `cpu_id` is below `cpu_count`, and `cpu_count` never changes after the stub
+//!   starts.
+//! - `write_text` either writes every byte or none, and returns only when every CPU
+//!   will fetch the new bytes.
+
+use core::ops::Range;
+
+use probe_port_protocol::message::{Arch, ArgType};
+
+pub use crate::interpreter::Fault;
+
+/// Why a kernel text write was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TextError {
+    /// The address is not kernel text the platform can write.
+    NotText,
+    /// The platform has no way to write its text.
+    Unsupported,
+}
+
+/// A static marker compiled into the kernel (see [`crate::marker!`]).
+#[derive(Debug)]
+pub struct MarkerSite {
+    /// `subsystem:event`.
+    pub name: &'static str,
+    /// Argument names and types, in the order the marker passes them.
+    pub args: &'static [(&'static str, ArgType)],
+    /// Set by the stub when a probe is armed on the marker; the marker's disabled
+    /// cost is one load of this flag and a not-taken branch.
+    pub enabled: core::sync::atomic::AtomicBool,
+}
+
+impl MarkerSite {
+    /// A disabled marker.
+    pub const fn new(name: &'static str, args: &'static [(&'static str, ArgType)]) -> Self {
+        Self { name, args, enabled: core::sync::atomic::AtomicBool::new(false) }
+    }
+}
+
+/// What a kernel provides to the stub.
+pub trait Platform: Sync {
+    /// The processor architecture, for the handshake.
+    fn arch(&self) -> Arch;
+
+    /// The kernel's name and version, for the handshake (at most 64 bytes).
+    fn kernel_name(&self) -> &str;
+
+    /// The GNU build-id of the running kernel image, or empty.
+    fn build_id(&self) -> &[u8];
+
+    /// Number of CPUs, fixed once the stub runs (at most [`crate::MAX_CPUS`]).
+    fn cpu_count(&self) -> usize;
+
+    /// The current CPU, in `0..cpu_count()`. *Probe context.*
+    fn cpu_id(&self) -> usize;
+
+    /// The current task (thread) identifier. *Probe context.*
+    fn task_id(&self) -> u64;
+
+    /// Writes the current task's name into `dst` and returns its length
+    /// (truncated to `dst.len()`). *Probe context.* Default: no names, 0.
+    fn task_name(&self, dst: &mut [u8]) -> usize {
+        let _ = dst;
+        0
+    }
+
+    /// Monotonic nanoseconds since an arbitrary origin. *Probe context.*
+    fn now_ns(&self) -> u64;
+
+    /// Copies kernel memory at `src` into `dst`, without ever faulting the kernel:
+    /// an unmapped or unreadable address yields `Err` with the first bad address.
+    /// *Probe context.*
+    fn read_kernel(&self, dst: &mut [u8], src: u64) -> Result<(), Fault>;
+
+    /// As [`Platform::read_kernel`] for the current task's user memory. Default:
+    /// unsupported (every read faults).
+    fn read_user(&self, dst: &mut [u8], src: u64) -> Result<(), Fault> {
+        let _ = dst;
+        Err(Fault { address: src })
+    }
+
+    /// Writes `bytes` over kernel text at `address`, through a writable alias if
+    /// the text is mapped read-only, and returns once every CPU will fetch the new
+    /// bytes (each CPU has executed a serialising instruction after the write).
+    /// The stub only ever writes one byte at a time over a live instruction
+    /// (the breakpoint opcode, or the original byte back), so a single-byte write
+    /// is atomic for every CPU executing there.
+    fn write_text(&self, address: u64, bytes: &[u8]) -> Result<(), TextError>;
+
+    /// Ranges of kernel text that must never be probed besides the stub's own:
+    /// the trap entry path, the platform's helpers called in probe context, and
+    /// anything else the kernel forbids. Default: none.
+    fn forbidden_text(&self) -> &[Range<u64>] {
+        &[]
+    }
+
+    /// The start of the function containing `address`, if the platform has a
+    /// symbol table; the stub then checks instruction boundaries by decoding from
+    /// there. Default: unknown (the stub decodes from `address` only).
+    fn function_start(&self, address: u64) -> Option<u64> {
+        let _ = address;
+        None
+    }
+
+    /// The kernel's static markers. Default: none.
+    fn markers(&self) -> &'static [MarkerSite] {
+        &[]
+    }
+
+    /// Writes the return addresses of the interrupted kernel stack, innermost
+    /// first, starting from the frame pointer `frame_pointer`, into `dst`, and
+    /// returns how many. *Probe context.* Default: none.
+    fn stack_trace(&self, frame_pointer: u64, dst: &mut [u64]) -> usize {
+        let _ = (frame_pointer, dst);
+        0
+    }
+
+    /// Asks the thread that serves the port to drain the event rings soon.
+    /// *Probe context*: set a flag or send a wake-up that cannot block. Default:
+    /// nothing (the server polls).
+    fn wake_server(&self) {}
+}
