@@ -12,4 +12,5 @@
 //! - `no_std`, and nothing here allocates: everything runs in probe context.
 #![cfg_attr(not(test), no_std)]
 
+pub mod arch;
 pub mod interpreter;

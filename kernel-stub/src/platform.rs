@@ -105,6 +105,24 @@ pub trait Platform: Sync {
     /// is atomic for every CPU executing there.
     fn write_text(&self, address: u64, bytes: &[u8]) -> Result<(), TextError>;
 
+    /// Writes `bytes` into kernel data memory at `address` without ever faulting
+    /// the kernel. The stub uses it for the interrupted stack only: to swap a return
+    /// address for the return trampoline, and to push a return address when it
+    /// emulates a call. *Probe context.*
+    fn write_kernel(&self, address: u64, bytes: &[u8]) -> Result<(), Fault>;
+
+    /// The executable memory the stub writes its out-of-line slots into (through
+    /// [`Platform::write_text`]): at least [`crate::arch::SLOT_SIZE`] bytes per
+    /// probe plus one slot for the return trampoline, within ±2 GiB of all kernel
+    /// text (x86_64 reaches the original code with 32-bit displacements). The
+    /// [`crate::out_of_line_area!`] macro defines one in the kernel image.
+    fn out_of_line_area(&self) -> Range<u64>;
+
+    /// Runs `f` with interrupts disabled on the current CPU. The session holds the
+    /// locks that probe context also takes only inside this, so a probe firing on
+    /// the same CPU (a timer, say) can never spin on a lock its own CPU holds.
+    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R;
+
     /// Ranges of kernel text that must never be probed besides the stub's own:
     /// the trap entry path, the platform's helpers called in probe context, and
     /// anything else the kernel forbids. Default: none.
