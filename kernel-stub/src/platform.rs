@@ -51,7 +51,11 @@ pub struct MarkerSite {
 impl MarkerSite {
     /// A disabled marker.
     pub const fn new(name: &'static str, args: &'static [(&'static str, ArgType)]) -> Self {
-        Self { name, args, enabled: core::sync::atomic::AtomicBool::new(false) }
+        Self {
+            name,
+            args,
+            enabled: core::sync::atomic::AtomicBool::new(false),
+        }
     }
 }
 
@@ -118,14 +122,22 @@ pub trait Platform: Sync {
     /// [`crate::out_of_line_area!`] macro defines one in the kernel image.
     fn out_of_line_area(&self) -> Range<u64>;
 
-    /// Runs `f` with interrupts disabled on the current CPU. The session holds the
-    /// locks that probe context also takes only inside this, so a probe firing on
-    /// the same CPU (a timer, say) can never spin on a lock its own CPU holds.
+    /// Runs `f` with interrupts disabled on the current CPU, then restores the
+    /// previous state (so calls nest, and a call with interrupts already off
+    /// leaves them off). The session holds the locks that probe context also
+    /// takes only inside this, so a probe firing on the same CPU (a timer, say)
+    /// can never spin on a lock its own CPU holds; an enabled marker runs its
+    /// handler inside this, so the handler stays on one CPU. Any context.
     fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R;
 
-    /// Ranges of kernel text that must never be probed besides the stub's own:
-    /// the trap entry path, the platform's helpers called in probe context, and
-    /// anything else the kernel forbids. Default: none.
+    /// Ranges of kernel text that must never be probed: the trap entry path, the
+    /// platform's methods called in probe context, and anything else the kernel
+    /// forbids. The stub refuses its out-of-line area and the entry addresses of
+    /// its probe-context functions by itself, but it cannot know the extent of
+    /// its own code (most of it is monomorphised and inlined into the kernel's
+    /// code units), so a kernel should list here the text of the trap path as a
+    /// whole, stub included (for example between linker-script symbols around
+    /// the sections that hold it). Default: none.
     fn forbidden_text(&self) -> &[Range<u64>] {
         &[]
     }
