@@ -1,4 +1,4 @@
-//! Just enough ACPI to find the CPUs: RSDP, RSDT/XSDT, MADT.
+//! Just enough ACPI to find the CPUs and the I/O APIC: RSDP, RSDT/XSDT, MADT.
 //!
 //! # Design
 //!
@@ -9,7 +9,8 @@
 //!
 //! The kernel gets the RSDP address from the PVH start info; [`find_rsdp`] scans the
 //! BIOS area as a fallback. From the MADT it needs the processor entries: type 0
-//! (local APIC) and type 9 (local x2APIC), each with the "enabled" flag.
+//! (local APIC) and type 9 (local x2APIC), each with the "enabled" flag; and, to route
+//! COM2's interrupt, the I/O APICs (type 1) and the interrupt source overrides (type 2).
 //!
 //! # Invariants
 //!
@@ -148,37 +149,97 @@ impl<'a> Madt<'a> {
     /// Every processor entry (local APIC and local x2APIC), in table order. Stops at
     /// the first malformed entry.
     pub(crate) fn local_apics(&self) -> impl Iterator<Item = LocalApic> + 'a {
-        let mut rest = self.entries;
-        core::iter::from_fn(move || {
-            loop {
-                let (&kind, &length) = (rest.first()?, rest.get(1)?);
-                let length = usize::from(length);
-                if length < 2 || length > rest.len() {
-                    rest = &[];
-                    return None;
-                }
-                let (entry, tail) = rest.split_at(length);
-                rest = tail;
-                match (kind, length) {
-                    (0, 8..) => {
-                        return Some(LocalApic {
-                            processor_uid: u32::from(entry[2]),
-                            apic_id: u32::from(entry[3]),
-                            enabled: read_u32(entry, 4) & 1 != 0,
-                        });
-                    }
-                    (9, 16..) => {
-                        return Some(LocalApic {
-                            processor_uid: read_u32(entry, 12),
-                            apic_id: read_u32(entry, 4),
-                            enabled: read_u32(entry, 8) & 1 != 0,
-                        });
-                    }
-                    _ => continue,
-                }
-            }
+        madt_entries(self.entries).filter_map(|(kind, entry)| match (kind, entry.len()) {
+            (0, 8..) => Some(LocalApic {
+                processor_uid: u32::from(entry[2]),
+                apic_id: u32::from(entry[3]),
+                enabled: read_u32(entry, 4) & 1 != 0,
+            }),
+            (9, 16..) => Some(LocalApic {
+                processor_uid: read_u32(entry, 12),
+                apic_id: read_u32(entry, 4),
+                enabled: read_u32(entry, 8) & 1 != 0,
+            }),
+            _ => None,
         })
     }
+
+    /// Every I/O APIC entry (type 1), in table order.
+    pub(crate) fn io_apics(&self) -> impl Iterator<Item = IoApic> + 'a {
+        madt_entries(self.entries).filter_map(|(kind, entry)| match (kind, entry.len()) {
+            (1, 12..) => Some(IoApic {
+                id: entry[2],
+                address: read_u32(entry, 4),
+                first_interrupt: read_u32(entry, 8),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Every interrupt source override (type 2), in table order.
+    pub(crate) fn interrupt_overrides(&self) -> impl Iterator<Item = InterruptOverride> + 'a {
+        madt_entries(self.entries).filter_map(|(kind, entry)| match (kind, entry.len()) {
+            (2, 10..) => Some(InterruptOverride {
+                bus: entry[2],
+                source: entry[3],
+                global_interrupt: read_u32(entry, 4),
+                flags: u16::from_le_bytes([entry[8], entry[9]]),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Where ISA interrupt `irq` arrives: its global system interrupt and MPS flags
+    /// (polarity in bits 0-1, trigger mode in bits 2-3; 0 means "bus default", for ISA
+    /// active high and edge-triggered).
+    pub(crate) fn isa_interrupt(&self, irq: u8) -> (u32, u16) {
+        self.interrupt_overrides()
+            .find(|entry| entry.bus == 0 && entry.source == irq)
+            .map_or((u32::from(irq), 0), |entry| {
+                (entry.global_interrupt, entry.flags)
+            })
+    }
+}
+
+/// Every MADT entry in `bytes` as `(type, bytes)`, in order. Stops at the first
+/// malformed entry (a length below 2 or past the end of the table).
+fn madt_entries(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = bytes;
+    core::iter::from_fn(move || {
+        let (&kind, &length) = (rest.first()?, rest.get(1)?);
+        let length = usize::from(length);
+        if length < 2 || length > rest.len() {
+            rest = &[];
+            return None;
+        }
+        let (entry, tail) = rest.split_at(length);
+        rest = tail;
+        Some((kind, entry))
+    })
+}
+
+/// An I/O APIC entry of the MADT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IoApic {
+    /// The I/O APIC's id.
+    pub(crate) id: u8,
+    /// Physical address of its registers.
+    pub(crate) address: u32,
+    /// Global system interrupt of its first input.
+    pub(crate) first_interrupt: u32,
+}
+
+/// An interrupt source override of the MADT: an ISA IRQ wired to another input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InterruptOverride {
+    /// Bus (0 = ISA).
+    pub(crate) bus: u8,
+    /// The bus-relative IRQ.
+    pub(crate) source: u8,
+    /// The global system interrupt it arrives on.
+    pub(crate) global_interrupt: u32,
+    /// MPS INTI flags (polarity, trigger mode).
+    pub(crate) flags: u16,
 }
 
 /// Follows RSDP → RSDT or XSDT → MADT.
@@ -313,7 +374,8 @@ mod tests {
     }
 
     /// A MADT with two enabled local APICs (ids 0 and 1), one disabled (id 7), an
-    /// I/O APIC entry in between, and one enabled x2APIC (id 300).
+    /// I/O APIC entry and two interrupt source overrides in between, and one enabled
+    /// x2APIC (id 300).
     fn madt() -> Vec<u8> {
         let mut body = Vec::new();
         body.extend_from_slice(&0xfee0_0000u32.to_le_bytes());
@@ -321,6 +383,8 @@ mod tests {
         body.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]);
         body.extend_from_slice(&[1, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0]); // I/O APIC
         body.extend_from_slice(&[0, 8, 1, 1, 1, 0, 0, 0]);
+        body.extend_from_slice(&[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]); // IRQ 0 -> GSI 2
+        body.extend_from_slice(&[2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0]); // IRQ 9 level, high
         body.extend_from_slice(&[0, 8, 2, 7, 0, 0, 0, 0]);
         let mut x2apic = vec![9, 16, 0, 0];
         x2apic.extend_from_slice(&300u32.to_le_bytes());
@@ -370,6 +434,28 @@ mod tests {
         let madt = find_madt(&memory, 0xf0000).unwrap();
         assert_eq!(madt.local_apic_address, 0xfee0_0000);
         assert_eq!(madt.local_apics().collect::<Vec<_>>(), expected_cpus());
+    }
+
+    #[test]
+    fn io_apics_and_interrupt_overrides_are_listed() {
+        let table = madt();
+        let madt = Madt::parse(&table).unwrap();
+        assert_eq!(
+            madt.io_apics().collect::<Vec<_>>(),
+            [IoApic {
+                id: 0,
+                address: 0xfec0_0000,
+                first_interrupt: 0
+            }]
+        );
+        assert_eq!(madt.interrupt_overrides().count(), 2);
+        assert_eq!(madt.isa_interrupt(0), (2, 0));
+        assert_eq!(madt.isa_interrupt(9), (9, 0x0d));
+        assert_eq!(
+            madt.isa_interrupt(3),
+            (3, 0),
+            "no override: identity, bus default"
+        );
     }
 
     #[test]

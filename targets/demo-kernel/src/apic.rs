@@ -18,7 +18,8 @@
 //! # Invariants
 //!
 //! - [`init_bsp`] runs before any other function here (it records the base address).
-//! - The timer handler only counts and acknowledges: it is safe in any context.
+//! - The timer handler only counts and acknowledges; the scheduler's tick runs after
+//!   it (`traps.rs`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -168,16 +169,30 @@ pub(crate) fn on_timer_interrupt() {
     end_of_interrupt();
 }
 
-fn end_of_interrupt() {
+/// Acknowledges the interrupt in service on this CPU.
+pub(crate) fn end_of_interrupt() {
     write(END_OF_INTERRUPT, 0);
 }
 
+/// Writes the two halves of the interrupt command register and waits for delivery,
+/// with interrupts off: an interrupt handler sending its own IPI between the two
+/// writes would change the destination under this one.
 fn send_ipi(apic_id: u32, command: u32) {
+    let interrupts_were_enabled = cpu::interrupts_enabled();
+    cpu::disable_interrupts();
     write(INTERRUPT_COMMAND_HIGH, apic_id << 24);
     write(INTERRUPT_COMMAND_LOW, command);
     while read(INTERRUPT_COMMAND_LOW) & ICR_DELIVERY_PENDING != 0 {
         cpu::spin_hint();
     }
+    if interrupts_were_enabled {
+        cpu::enable_interrupts();
+    }
+}
+
+/// Sends `vector` to the CPU with local APIC id `apic_id` (fixed delivery).
+pub(crate) fn send_fixed_ipi(apic_id: u32, vector: u8) {
+    send_ipi(apic_id, ICR_LEVEL_ASSERT | u32::from(vector));
 }
 
 /// Sends INIT to the CPU with local APIC id `apic_id` (it then waits for a SIPI).

@@ -152,12 +152,14 @@ pvh_start32:
     movw %ax, %fs
     movw %ax, %gs
 
-    /* Zero .bss: page tables, boot stack, every zero-initialised static. */
+    /* Zero .bss: page tables, stacks, the heap arena, every zero-initialised static.
+       Four bytes at a time (the linker script aligns both ends to 8). */
     movl $__bss_start, %edi
     movl $__bss_end, %ecx
     subl %edi, %ecx
+    shrl $2, %ecx
     xorl %eax, %eax
-    rep stosb
+    rep stosl
     movl $boot_stack_top, %esp
 
     /* PML4[0] -> PDPT; PDPT[0..4] -> four page directories. */

@@ -5,9 +5,11 @@
 //! Each CPU loads its own five-entry GDT: null, 64-bit kernel code (`0x08`), kernel
 //! data (`0x10`) and a 16-byte TSS descriptor (`0x18`). The selectors match the boot
 //! GDT, so nothing changes for code already running. The TSS exists for its interrupt
-//! stack table: IST 1 is the CPU's double-fault stack, so a #DF taken on an
-//! overflowed stack still has a stack to print on. The kernel never leaves ring 0, so
-//! `rsp0` is unused.
+//! stack table, three per-CPU stacks the CPU switches to on entry whatever stack was in
+//! use: IST 1 for double faults (a #DF taken on an overflowed stack still has a stack
+//! to print on), IST 2 for #BP and IST 3 for #DB (the trap frame of a probe hit must not
+//! live on the interrupted stack, which the stub writes to: see `traps.rs`). The kernel
+//! never leaves ring 0, so `rsp0` is unused.
 //!
 //! # Invariants
 //!
@@ -17,7 +19,7 @@
 use core::arch::asm;
 use core::mem::size_of;
 
-use crate::percpu::PerCpu;
+use crate::percpu::{PerCpu, TrapStacks};
 
 /// Selector of the 64-bit kernel code segment.
 pub(crate) const KERNEL_CODE_SELECTOR: u16 = 0x08;
@@ -28,6 +30,10 @@ const TSS_SELECTOR: u16 = 0x18;
 
 /// IST slot (1-based, as in the IDT) of the double-fault stack.
 pub(crate) const DOUBLE_FAULT_IST: u8 = 1;
+/// IST slot of the breakpoint (#BP, `int3`) stack.
+pub(crate) const BREAKPOINT_IST: u8 = 2;
+/// IST slot of the debug-exception (#DB) stack.
+pub(crate) const DEBUG_IST: u8 = 3;
 
 /// The 64-bit task-state segment (Intel SDM vol. 3, "64-bit TSS").
 #[repr(C, packed(4))]
@@ -79,12 +85,15 @@ pub(crate) struct DescriptorTablePointer {
 
 /// Fills this CPU's GDT and TSS and loads them: reloads every segment register and
 /// the task register.
-pub(crate) fn load(block: &'static PerCpu, double_fault_stack_top: u64) {
+pub(crate) fn load(block: &'static PerCpu, stacks: TrapStacks) {
     let tss_pointer = block.tss.get();
-    // SAFETY: only this CPU writes its TSS, before loading it (percpu invariant).
+    // SAFETY: only this CPU writes its TSS, before loading it (percpu invariant). The
+    // TSS is packed, so the stores go through the place, not through a reference.
     unsafe {
-        (*tss_pointer).interrupt_stacks[usize::from(DOUBLE_FAULT_IST) - 1] = double_fault_stack_top
-    };
+        (*tss_pointer).interrupt_stacks[usize::from(DOUBLE_FAULT_IST) - 1] = stacks.double_fault;
+        (*tss_pointer).interrupt_stacks[usize::from(BREAKPOINT_IST) - 1] = stacks.breakpoint;
+        (*tss_pointer).interrupt_stacks[usize::from(DEBUG_IST) - 1] = stacks.debug;
+    }
 
     let tss_base = tss_pointer as u64;
     let tss_limit = (size_of::<TaskStateSegment>() - 1) as u64;

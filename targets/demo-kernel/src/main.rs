@@ -1,5 +1,6 @@
-//! The probeport demo kernel: a small x86_64 kernel that QEMU boots directly (PVH)
-//! and that will host the probe stub.
+//! The probeport demo kernel: a small x86_64 kernel that QEMU boots directly (PVH),
+//! runs kernel threads on every CPU with a realistic workload, and will host the probe
+//! stub.
 //!
 //! # Design
 //!
@@ -7,25 +8,30 @@
 //! with the first 4 GiB identity-mapped. It brings the machine up in a fixed order and
 //! prints one line per step on COM1, so a failing boot says where it stopped:
 //!
-//! 1. per-CPU block and console; PVH start info (command line, RSDP);
-//! 2. GDT/TSS, IDT; legacy PICs remapped and masked;
+//! 1. per-CPU block and console; PVH start info (command line, RSDP); the heap;
+//! 2. GDT/TSS (IST stacks for #DF, #BP, #DB), IDT; legacy PICs remapped and masked;
 //! 3. trap round trips (int3, single step) through the hooks the probe stub will use;
 //! 4. local APIC, timer calibrated against the PIT, interrupts on;
 //! 5. ACPI MADT → every other CPU started with INIT-SIPI-SIPI;
-//! 6. every CPU shows timer ticks; COM2 hello/echo with the host;
-//! 7. `VERDICT: PASS` and exit through `isa-debug-exit` (see `verdict.rs`).
+//! 6. every CPU shows timer ticks; COM2's interrupt routed through the I/O APIC;
+//! 7. the scheduler: idle threads, the init thread (`supervisor.rs`), then the BSP
+//!    becomes CPU 0's idle thread and the APs theirs.
 //!
-//! Anything unexpected (a fatal trap, a panic, a step that fails) ends in
-//! `VERDICT: FAIL <reason>` instead. The command line can ask for a deliberate panic
-//! or hang (`cmdline.rs`), which the harness tests use.
+//! From there on everything runs in threads (`sched.rs`): the init thread starts the
+//! relay (`relay.rs`, COM2 ↔ probe port) and the workload (`workload.rs`: ports
+//! (`ipc.rs`), simulated page faults (`vm.rs`), syscall-like calls (`sys.rs`)), and
+//! gives the verdict. Anything unexpected (a fatal trap, a panic, a step that fails)
+//! ends in `VERDICT: FAIL <reason>` instead. The command line (`cmdline.rs`) selects
+//! the workload's size and start, the intruder, and deliberate panics or hangs.
 //!
 //! On the host the crate builds as a stub binary: only the hardware-independent
-//! modules (`acpi`, `cmdline`) are compiled, for their unit tests.
+//! modules (`acpi`, `cmdline`, `echo`, `heap`'s free list, `ipc`'s queue and rights,
+//! `marker`, `vm`, `workload_plan`) are compiled, for their unit tests.
 //!
 //! # Invariants
 //!
 //! - Exactly one verdict line per boot (`verdict.rs`).
-//! - Probe context (#BP/#DB hooks) never prints, allocates or takes a lock.
+//! - Probe context (#BP/#DB hooks) never prints, allocates, takes a lock or schedules.
 
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
@@ -37,19 +43,31 @@
     )
 )]
 
+extern crate alloc;
+
 mod acpi;
 mod cmdline;
+mod echo;
+mod heap;
+mod ipc;
+mod marker;
+mod vm;
+mod workload_plan;
 
 #[cfg(target_os = "none")]
 mod apic;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
+mod com2;
+#[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
 mod cpu;
 #[cfg(target_os = "none")]
 mod gdt;
+#[cfg(target_os = "none")]
+mod ioapic;
 #[cfg(target_os = "none")]
 mod percpu;
 #[cfg(target_os = "none")]
@@ -59,6 +77,10 @@ mod pit;
 #[cfg(target_os = "none")]
 mod probe_port;
 #[cfg(target_os = "none")]
+mod relay;
+#[cfg(target_os = "none")]
+mod sched;
+#[cfg(target_os = "none")]
 mod selftest;
 #[cfg(target_os = "none")]
 mod serial;
@@ -67,13 +89,19 @@ mod smp;
 #[cfg(target_os = "none")]
 mod start_info;
 #[cfg(target_os = "none")]
+mod supervisor;
+#[cfg(target_os = "none")]
 mod sync;
+#[cfg(target_os = "none")]
+mod sys;
 #[cfg(target_os = "none")]
 mod time;
 #[cfg(target_os = "none")]
 mod traps;
 #[cfg(target_os = "none")]
 mod verdict;
+#[cfg(target_os = "none")]
+mod workload;
 
 #[cfg(target_os = "none")]
 pub(crate) use kernel::kernel_main;
@@ -82,11 +110,19 @@ pub(crate) use kernel::kernel_main;
 mod kernel {
     use core::sync::atomic::Ordering;
 
-    use crate::acpi::{self, PhysicalMemory};
+    use crate::acpi::{self, Madt, PhysicalMemory};
     use crate::cmdline::Options;
     use crate::console::{self, println};
     use crate::percpu::{self, MAX_CPUS};
-    use crate::{apic, cpu, gdt, pic, probe_port, selftest, smp, start_info, time, traps, verdict};
+    use crate::serial::COM2_BASE;
+    use crate::traps::COM2_VECTOR;
+    use crate::{
+        apic, cpu, gdt, heap, ioapic, pic, relay, sched, selftest, smp, start_info, supervisor,
+        time, traps, verdict,
+    };
+
+    /// COM2's ISA interrupt line.
+    const COM2_IRQ: u8 = 3;
 
     /// Timer ticks every CPU must show before the verdict.
     const REQUIRED_TICKS: u64 = 10;
@@ -110,8 +146,13 @@ mod kernel {
         let options = Options::parse(boot_info.cmdline(), |word| {
             println!("boot: ignoring unknown command-line word {word:?}");
         });
+        let heap = heap::stats();
+        println!(
+            "heap: {} KiB arena, first-fit free list (probe context never allocates)",
+            heap.capacity / 1024
+        );
 
-        gdt::load(bsp, percpu::double_fault_stack_top(0));
+        gdt::load(bsp, percpu::trap_stacks(0));
         traps::init();
         traps::load();
         traps::describe();
@@ -119,8 +160,9 @@ mod kernel {
 
         match selftest::int3_round_trip() {
             Ok(report) => println!(
-                "selftest: int3 round trip survived (int3 at {:#x}, registers and rip rewritten by the hook)",
-                report.address
+                "selftest: int3 round trip survived (int3 at {:#x}, registers and rip rewritten by the hook, \
+                 frame at {:#x} on the #BP IST stack, interrupted stack written below rsp)",
+                report.address, report.frame
             ),
             Err(reason) => verdict::fail(format_args!("int3 round trip: {reason}")),
         }
@@ -148,7 +190,9 @@ mod kernel {
         println!("cpu 0 (apic {bsp_apic_id}): up");
         bsp.online.store(true, Ordering::Release);
 
-        let online = start_other_cpus(boot_info.rsdp_address, bsp_apic_id);
+        let memory = IdentityMappedMemory;
+        let madt = read_madt(&memory, boot_info.rsdp_address);
+        let online = start_other_cpus(&madt, bsp_apic_id);
 
         if options.panic {
             panic!("demo.panic on the kernel command line: panicking on purpose");
@@ -156,50 +200,73 @@ mod kernel {
 
         check_timer_ticks(online);
 
-        if options.com2_check {
-            let Some(mut port) = probe_port::ProbePort::open() else {
-                verdict::fail(format_args!("COM2 already in use"));
-            };
-            println!("com2: hello sent, waiting for a line from the host");
-            match probe_port::self_check(&mut port) {
-                Ok(length) => println!("com2: echoed a {length}-byte line back to the host"),
-                Err(error) => verdict::fail(format_args!("COM2 echo: {error}")),
-            }
-        } else {
-            println!("com2: self-check skipped (demo.com2=off)");
+        sched::init(online);
+        if options.com2_relay {
+            route_com2_interrupt(&madt, relay::cpu(online));
         }
-
-        if options.hang {
-            println!("demo.hang on the kernel command line: idling without a verdict");
-            loop {
-                cpu::enable_interrupts_and_halt();
-            }
-        }
-        verdict::pass()
+        println!(
+            "sched: {online} idle thread(s), {} thread slots with {} KiB stacks, round robin at {} Hz",
+            sched::MAX_THREADS,
+            sched::THREAD_STACK_SIZE / 1024,
+            apic::TICKS_PER_SECOND
+        );
+        supervisor::spawn(options)
+            .unwrap_or_else(|error| verdict::fail(format_args!("init thread: {error}")));
+        sched::start();
+        sched::enter(0)
     }
 
-    /// Finds the CPUs in the MADT and starts them; returns how many run.
-    fn start_other_cpus(rsdp_from_loader: u64, bsp_apic_id: u32) -> usize {
-        let memory = IdentityMappedMemory;
+    /// Finds the MADT (RSDP from the loader, or found by scanning).
+    fn read_madt(memory: &IdentityMappedMemory, rsdp_from_loader: u64) -> Madt<'_> {
         let rsdp = if rsdp_from_loader != 0 {
             rsdp_from_loader
         } else {
-            acpi::find_rsdp(&memory)
+            acpi::find_rsdp(memory)
                 .unwrap_or_else(|error| verdict::fail(format_args!("acpi: {error}")))
         };
-        let madt = acpi::find_madt(&memory, rsdp)
+        let madt = acpi::find_madt(memory, rsdp)
             .unwrap_or_else(|error| verdict::fail(format_args!("acpi: {error}")));
-        let listed = madt.local_apics().filter(|entry| entry.enabled).count();
         println!(
-            "acpi: rsdp {rsdp:#x}{}, MADT lists {listed} enabled CPU(s), local APIC at {:#x}",
+            "acpi: rsdp {rsdp:#x}{}, MADT lists {} enabled CPU(s), local APIC at {:#x}",
             if rsdp_from_loader != 0 {
                 " (from the start info)"
             } else {
                 " (found by scanning)"
             },
+            madt.local_apics().filter(|entry| entry.enabled).count(),
             madt.local_apic_address
         );
-        match smp::start_application_processors(&madt, bsp_apic_id) {
+        madt
+    }
+
+    /// Routes COM2's interrupt to `cpu`, where the relay runs. Without a route the
+    /// relay polls (slower, still correct), so a failure is reported, not fatal.
+    fn route_com2_interrupt(madt: &Madt<'_>, cpu: usize) {
+        let apic_id = percpu::slot(cpu).apic_id.load(Ordering::Relaxed);
+        match ioapic::route_isa_interrupt(madt, COM2_IRQ, COM2_VECTOR, apic_id) {
+            Ok(route) => println!(
+                "ioapic: COM2 ({COM2_BASE:#x}, ISA IRQ {COM2_IRQ}) -> global interrupt {} of the I/O APIC at {:#x}, {} {}, vector {COM2_VECTOR:#x} on cpu {cpu} (apic {apic_id})",
+                route.global_interrupt,
+                route.address,
+                if route.level_triggered {
+                    "level"
+                } else {
+                    "edge"
+                },
+                if route.active_low {
+                    "active low"
+                } else {
+                    "active high"
+                },
+            ),
+            Err(error) => println!("ioapic: COM2 not routed ({error}); the relay polls instead"),
+        }
+    }
+
+    /// Starts the CPUs the MADT lists; returns how many run.
+    fn start_other_cpus(madt: &Madt<'_>, bsp_apic_id: u32) -> usize {
+        let listed = madt.local_apics().filter(|entry| entry.enabled).count();
+        match smp::start_application_processors(madt, bsp_apic_id) {
             Ok(online) => {
                 println!("smp: {online} of {listed} CPU(s) online");
                 online

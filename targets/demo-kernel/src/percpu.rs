@@ -3,8 +3,8 @@
 //! # Design
 //!
 //! Every CPU gets a fixed slot `0..MAX_CPUS` (CPU 0 is the bootstrap processor). The
-//! slot holds the CPU's GDT and TSS, its local APIC id, its online flag and its timer
-//! tick counter. `IA32_GS_BASE` points at the slot and the slot's first word points at
+//! slot holds the CPU's GDT and TSS, its local APIC id, its online flag, its timer
+//! tick counter and the id of the thread it runs (`sched.rs`). `IA32_GS_BASE` points at the slot and the slot's first word points at
 //! itself, so `mov rax, gs:[0]` yields the current CPU's block in one instruction
 //! without a lock, which is what probe context needs.
 //!
@@ -28,8 +28,8 @@ pub(crate) const MAX_CPUS: usize = 16;
 /// Size of each AP's kernel stack (the BSP keeps the boot stack, same size).
 pub(crate) const KERNEL_STACK_SIZE: usize = 64 * 1024;
 
-/// Size of each CPU's double-fault stack (IST 1).
-const DOUBLE_FAULT_STACK_SIZE: usize = 16 * 1024;
+/// Size of each CPU's interrupt-stack-table stacks (double fault, #BP, #DB).
+const TRAP_STACK_SIZE: usize = 16 * 1024;
 
 const IA32_GS_BASE: u32 = 0xc000_0101;
 
@@ -46,6 +46,8 @@ pub(crate) struct PerCpu {
     pub(crate) online: AtomicBool,
     /// Local APIC timer interrupts taken by this CPU.
     pub(crate) timer_ticks: AtomicU64,
+    /// Id of the thread running on this CPU; 0 until the scheduler runs here.
+    pub(crate) current_thread: AtomicU32,
     pub(crate) gdt: UnsafeCell<Gdt>,
     pub(crate) tss: UnsafeCell<TaskStateSegment>,
 }
@@ -63,10 +65,24 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             timer_ticks: AtomicU64::new(0),
+            current_thread: AtomicU32::new(0),
             gdt: UnsafeCell::new(Gdt::new()),
             tss: UnsafeCell::new(TaskStateSegment::new()),
         }
     }
+
+    /// The slot number, 0 for the BSP.
+    pub(crate) fn index(&self) -> usize {
+        self.index.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Tops of one CPU's interrupt-stack-table stacks (see `gdt.rs` and `traps.rs`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TrapStacks {
+    pub(crate) double_fault: u64,
+    pub(crate) breakpoint: u64,
+    pub(crate) debug: u64,
 }
 
 /// A stack as a zero-initialised static (it lands in `.bss`).
@@ -88,8 +104,9 @@ impl<const SIZE: usize> Stack<SIZE> {
 
 static PER_CPU: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
 static KERNEL_STACKS: [Stack<KERNEL_STACK_SIZE>; MAX_CPUS] = [const { Stack::new() }; MAX_CPUS];
-static DOUBLE_FAULT_STACKS: [Stack<DOUBLE_FAULT_STACK_SIZE>; MAX_CPUS] =
-    [const { Stack::new() }; MAX_CPUS];
+static DOUBLE_FAULT_STACKS: [Stack<TRAP_STACK_SIZE>; MAX_CPUS] = [const { Stack::new() }; MAX_CPUS];
+static BREAKPOINT_STACKS: [Stack<TRAP_STACK_SIZE>; MAX_CPUS] = [const { Stack::new() }; MAX_CPUS];
+static DEBUG_STACKS: [Stack<TRAP_STACK_SIZE>; MAX_CPUS] = [const { Stack::new() }; MAX_CPUS];
 
 /// The block of slot `index`.
 pub(crate) fn slot(index: usize) -> &'static PerCpu {
@@ -101,9 +118,20 @@ pub(crate) fn kernel_stack_top(index: usize) -> u64 {
     KERNEL_STACKS[index].top()
 }
 
-/// Top of slot `index`'s double-fault stack.
-pub(crate) fn double_fault_stack_top(index: usize) -> u64 {
-    DOUBLE_FAULT_STACKS[index].top()
+/// Tops of slot `index`'s double-fault, #BP and #DB stacks.
+pub(crate) fn trap_stacks(index: usize) -> TrapStacks {
+    TrapStacks {
+        double_fault: DOUBLE_FAULT_STACKS[index].top(),
+        breakpoint: BREAKPOINT_STACKS[index].top(),
+        debug: DEBUG_STACKS[index].top(),
+    }
+}
+
+/// The address range of slot `index`'s #BP stack (the self-test checks that the trap
+/// frame of an int3 lies there).
+pub(crate) fn breakpoint_stack(index: usize) -> core::ops::Range<u64> {
+    let top = BREAKPOINT_STACKS[index].top();
+    top - TRAP_STACK_SIZE as u64..top
 }
 
 /// Makes slot `index` this CPU's block: fills in its identity and points GS at it.

@@ -1,123 +1,156 @@
-//! COM2, the wire of the probe port, and its self-check.
+//! The probe port: the kernel port object through which the relay reaches the stub.
 //!
 //! # Design
 //!
-//! The probe stub will speak the port protocol over COM2; until it exists the kernel
-//! proves the wire works both ways: it sends [`HELLO`] as one line, waits for one line
-//! from the host and sends it back prefixed with [`ECHO_PREFIX`]. The receive path is
-//! the one a kernel thread will use: poll the UART, and when it is empty halt until
-//! the next interrupt (timer tick), so waiting costs nothing and no byte is lost (QEMU
-//! holds bytes back while the receive FIFO is full).
+//! The probe port is an ordinary port of the port table (`ipc.rs`) with two special
+//! rules:
+//!
+//! - its **receive right belongs to the stub side** (the kernel itself): requests are
+//!   not queued for a thread but handed to the stub synchronously by [`submit`];
+//! - its **send right is granted once, to the relay thread** ([`grant_relay_right`]),
+//!   which bridges COM2. Nobody else can get one, so the port — arming probes,
+//!   reading kernel memory through handlers — is reachable only through the relay.
+//!
+//! [`submit`] is the only way in. It resolves the caller's right in the caller's own
+//! right table: anything but a send right *to the probe port* (no such name, a
+//! receive right, a send right to another port) is refused with [`NotPrivileged`],
+//! and the kernel prints `probe-port: refused unprivileged thread <tid> (<name>):
+//! <reason>`. An accepted request goes to the stub; until the stub is embedded it goes
+//! to a placeholder that answers [`UNAVAILABLE`] and nothing else (no fake success).
+//!
+//! The shape follows the stub's byte-level entry point, `Stub::serve_bytes(input,
+//! write)`: request bytes in, reply bytes out through a callback, so the relay writes
+//! them straight to COM2.
 //!
 //! # Invariants
 //!
-//! - At most one [`ProbePort`] exists (it owns COM2).
-//! - Never used from probe context: reading halts and enables interrupts.
+//! - Exactly one send right to the probe port exists, in the relay's table.
+//! - A refused submit reaches nothing of the stub.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use crate::serial::{COM2_BASE, Uart};
-use crate::{cpu, time};
+use crate::console::println;
+use crate::ipc::{self, IpcError, PortId, RightKind, RightName};
+use crate::sched::{self, Thread};
 
-/// The first line the kernel sends on COM2.
-pub(crate) const HELLO: &[u8] = b"probeport demo-kernel: COM2 hello";
-/// Prefix of the line the kernel sends back.
-pub(crate) const ECHO_PREFIX: &[u8] = b"echo: ";
+/// What the placeholder stub answers to every accepted request.
+pub(crate) const UNAVAILABLE: &[u8] = b"probeport: stub unavailable\n";
 
-static OPENED: AtomicBool = AtomicBool::new(false);
+/// The probe port's id, `u32::MAX` until [`create`].
+static PORT: AtomicU32 = AtomicU32::new(u32::MAX);
+static RELAY_RIGHT_GRANTED: AtomicBool = AtomicBool::new(false);
 
-/// Why a line could not be read.
+/// Requests the rights check accepted.
+pub(crate) static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+/// Requests the rights check refused.
+pub(crate) static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Why a submit was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LineError {
-    /// No complete line within the timeout.
-    Timeout { received: usize },
-    /// The line does not fit the buffer.
-    TooLong { capacity: usize },
+pub(crate) enum Refusal {
+    /// The name is not a send right of the caller.
+    NoSendRight(IpcError),
+    /// The name is a send right, but to another port.
+    OtherPort(PortId),
+    /// The probe port does not exist (yet).
+    NoProbePort,
 }
 
-impl core::fmt::Display for LineError {
-    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            LineError::Timeout { received } => {
-                write!(
-                    formatter,
-                    "no complete line before the timeout ({received} bytes received)"
-                )
-            }
-            LineError::TooLong { capacity } => {
-                write!(formatter, "line longer than {capacity} bytes")
-            }
+/// A submit from a thread that does not hold the probe port's send right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NotPrivileged {
+    /// The caller.
+    pub(crate) tid: u32,
+    pub(crate) reason: Refusal,
+}
+
+impl fmt::Display for NotPrivileged {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "thread {} may not use the probe port: ",
+            self.tid
+        )?;
+        match self.reason {
+            Refusal::NoSendRight(error) => write!(formatter, "{error}"),
+            Refusal::OtherPort(port) => write!(
+                formatter,
+                "its right names port {} ({}), not the probe port",
+                port.0,
+                ipc::label(port)
+            ),
+            Refusal::NoProbePort => formatter.write_str("there is no probe port"),
         }
     }
 }
 
-/// The COM2 UART, owned.
-pub(crate) struct ProbePort {
-    uart: Uart,
-}
-
-impl ProbePort {
-    /// Programs COM2 and takes ownership of it; `None` if it was already taken.
-    pub(crate) fn open() -> Option<ProbePort> {
-        if OPENED.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        // SAFETY: COM2 is the probe-port UART and the flag above guarantees this is
-        // its only driver.
-        let mut uart = unsafe { Uart::new(COM2_BASE) };
-        uart.init();
-        Some(ProbePort { uart })
-    }
-
-    /// Sends bytes.
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
-        self.uart.write_bytes(bytes);
-    }
-
-    /// Receives one line (without its `\n`; a `\r` is dropped) into `buffer`.
-    pub(crate) fn read_line<'b>(
-        &mut self,
-        buffer: &'b mut [u8],
-        timeout_millis: u64,
-    ) -> Result<&'b [u8], LineError> {
-        let deadline = time::deadline_after_millis(timeout_millis);
-        let mut length = 0;
-        loop {
-            while let Some(byte) = self.uart.try_read_byte() {
-                match byte {
-                    b'\n' => return Ok(&buffer[..length]),
-                    b'\r' => {}
-                    _ if length == buffer.len() => {
-                        return Err(LineError::TooLong {
-                            capacity: buffer.len(),
-                        });
-                    }
-                    _ => {
-                        buffer[length] = byte;
-                        length += 1;
-                    }
-                }
-            }
-            if time::ticks() >= deadline {
-                return Err(LineError::Timeout { received: length });
-            }
-            cpu::enable_interrupts_and_halt();
-        }
+/// The probe port, if created.
+pub(crate) fn port() -> Option<PortId> {
+    match PORT.load(Ordering::Acquire) {
+        u32::MAX => None,
+        id => Some(PortId(id)),
     }
 }
 
-/// How long the self-check waits for the host's line.
-pub(crate) const SELF_CHECK_TIMEOUT_MILLIS: u64 = 20_000;
+/// Creates the probe port and gives its receive right to the stub side.
+pub(crate) fn create() -> Result<PortId, IpcError> {
+    let port = ipc::create_port("probe", 1)?;
+    ipc::attach_kernel_receiver(port)?;
+    PORT.store(port.0, Ordering::Release);
+    Ok(port)
+}
 
-/// Sends the hello line, reads one line and echoes it back. Returns the echoed line's
-/// length.
-pub(crate) fn self_check(port: &mut ProbePort) -> Result<usize, LineError> {
-    port.write(HELLO);
-    port.write(b"\n");
-    let mut buffer = [0u8; 256];
-    let line = port.read_line(&mut buffer, SELF_CHECK_TIMEOUT_MILLIS)?;
-    port.write(ECHO_PREFIX);
-    port.write(line);
-    port.write(b"\n");
-    Ok(line.len())
+/// Grants the probe port's one send right to `relay`. Panics on a second call: the
+/// right exists once.
+pub(crate) fn grant_relay_right(relay: &Thread) -> Result<RightName, IpcError> {
+    assert!(
+        !RELAY_RIGHT_GRANTED.swap(true, Ordering::AcqRel),
+        "the probe port's send right is granted once"
+    );
+    let port = port().expect("the probe port exists before the relay");
+    ipc::grant(relay, port, RightKind::Send)
+}
+
+/// Hands `request` to the stub on behalf of the calling thread, which names its send
+/// right to the probe port with `right`; the stub's reply bytes go to `reply`. Returns
+/// how many reply bytes were written. Refuses (and reports on the console) a caller
+/// without that right.
+#[inline(never)]
+pub(crate) fn submit(
+    right: RightName,
+    request: &[u8],
+    reply: &mut dyn FnMut(&[u8]),
+) -> Result<usize, NotPrivileged> {
+    let caller = sched::current();
+    let reason = match (port(), ipc::resolve(right, RightKind::Send)) {
+        (None, _) => Some(Refusal::NoProbePort),
+        (_, Err(error)) => Some(Refusal::NoSendRight(error)),
+        (Some(probe), Ok(port)) if port != probe => Some(Refusal::OtherPort(port)),
+        (Some(_), Ok(_)) => None,
+    };
+    if let Some(reason) = reason {
+        REFUSED.fetch_add(1, Ordering::Relaxed);
+        let refusal = NotPrivileged {
+            tid: caller.id,
+            reason,
+        };
+        println!(
+            "probe-port: refused unprivileged thread {} ({}): {refusal}",
+            caller.id,
+            caller.name()
+        );
+        return Err(refusal);
+    }
+    ACCEPTED.fetch_add(1, Ordering::Relaxed);
+    // Integration point: hand the bytes to the embedded stub instead, e.g.
+    //     STUB.serve_bytes(request, &mut counting(reply))
+    // (`kernel_stub::Stub::serve_bytes(input, write)`).
+    Ok(stub_unavailable(request, reply))
+}
+
+/// The placeholder for the stub: every request gets [`UNAVAILABLE`].
+fn stub_unavailable(_request: &[u8], reply: &mut dyn FnMut(&[u8])) -> usize {
+    reply(UNAVAILABLE);
+    UNAVAILABLE.len()
 }

@@ -2,13 +2,13 @@
 //!
 //! # Design
 //!
-//! The driver only polls: transmit waits for the holding register to empty, receive
-//! checks the data-ready bit. No interrupts are enabled on the UART, so the driver
-//! works from any context, including a CPU with interrupts off. A kernel thread that
-//! waits for input polls [`Uart::try_read_byte`] and halts between polls (see
-//! `probe_port.rs`), which is enough for a line-oriented or framed protocol because
-//! QEMU stops reading its backend while the 16-byte receive FIFO is full: no byte is
-//! lost, the sender just waits.
+//! The driver polls: transmit waits for the holding register to empty, receive
+//! checks the data-ready bit, so it works from any context, including a CPU with
+//! interrupts off. The console never enables UART interrupts. COM2 may
+//! ([`Uart::enable_receive_interrupt`]): the interrupt only says "data waits", and
+//! the relay thread still reads with [`Uart::try_read_byte`] (see `com2.rs`). No byte
+//! is lost while nobody reads: QEMU stops reading its backend while the 16-byte
+//! receive FIFO is full, and the sender just waits.
 //!
 //! # Invariants
 //!
@@ -59,6 +59,18 @@ impl Uart {
             cpu::outb(self.base + LINE_CONTROL, 0x03); // 8N1, DLAB off
             cpu::outb(self.base + FIFO_CONTROL, 0xc7); // enable and clear FIFOs, 14-byte threshold
             cpu::outb(self.base + MODEM_CONTROL, 0x03); // DTR, RTS
+        }
+    }
+
+    /// Makes the UART raise its interrupt line while received data waits (IER bit 0),
+    /// with the receive FIFO's trigger level at one byte, and sets OUT2, which gates
+    /// the line on PC hardware.
+    pub(crate) fn enable_receive_interrupt(&mut self) {
+        // SAFETY: `self.base` is a UART this value owns.
+        unsafe {
+            cpu::outb(self.base + FIFO_CONTROL, 0x01); // FIFOs stay on, 1-byte trigger
+            cpu::outb(self.base + MODEM_CONTROL, 0x0b); // DTR, RTS, OUT2
+            cpu::outb(self.base + INTERRUPT_ENABLE, 0x01); // received data available
         }
     }
 

@@ -8,7 +8,8 @@
 //! stack top, sends INIT, waits 10 ms, sends two start-up IPIs 200 µs apart (the
 //! second is ignored by a CPU that already started), and waits up to one second for
 //! the CPU to report itself online. The AP loads its own GDT/TSS and the shared IDT,
-//! enables its local APIC and timer, prints that it is up and idles, counting ticks.
+//! enables its local APIC and timer, prints that it is up and idles, counting ticks,
+//! until the scheduler starts; then its boot context becomes its idle thread.
 //!
 //! # Invariants
 //!
@@ -23,7 +24,7 @@ use crate::boot::{
 };
 use crate::console::println;
 use crate::percpu::{self, MAX_CPUS};
-use crate::{apic, cpu, gdt, pit, time, traps};
+use crate::{apic, cpu, gdt, pit, sched, time, traps};
 
 /// How long the BSP waits for one AP to come online.
 const AP_ONLINE_TIMEOUT_MILLIS: u64 = 1000;
@@ -103,7 +104,7 @@ fn install_trampoline() {
 pub(crate) extern "C" fn ap_main(index: u32) -> ! {
     let index = index as usize;
     let block = percpu::install(index, apic::id());
-    gdt::load(block, percpu::double_fault_stack_top(index));
+    gdt::load(block, percpu::trap_stacks(index));
     traps::load();
     apic::enable_this_cpu();
     apic::start_timer();
@@ -112,7 +113,9 @@ pub(crate) extern "C" fn ap_main(index: u32) -> ! {
         block.apic_id.load(Ordering::Relaxed)
     );
     block.online.store(true, Ordering::Release);
-    loop {
+    // The BSP finishes bring-up first; the timer wakes this CPU to look again.
+    while !sched::started() {
         cpu::enable_interrupts_and_halt();
     }
+    sched::enter(index)
 }

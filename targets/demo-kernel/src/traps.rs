@@ -11,10 +11,34 @@
 //! is the hook the probe stub needs: a #BP (int3, vector 3) or #DB (vector 1) hands
 //! the full frame to the registered [`TrapHook`], which may redirect execution.
 //!
-//! Every gate is an interrupt gate (interrupts stay off inside handlers) with DPL 0;
-//! #DF runs on its own IST stack. Vectors without a handler end in a fatal report:
-//! vector, error code, RIP (and CR2 for a page fault) on the console, then
-//! `VERDICT: FAIL`.
+//! Every gate is an interrupt gate (interrupts stay off inside handlers) with DPL 0.
+//! Vectors without a handler end in a fatal report: vector, error code, RIP (and CR2
+//! for a page fault) on the console, then `VERDICT: FAIL`.
+//!
+//! ## Interrupt stacks: #DF, #BP and #DB never run on the interrupted stack
+//!
+//! The kernel runs in ring 0 only, so by default the CPU pushes the trap frame on the
+//! stack in use when the trap hits: right below the interrupted RSP (after aligning
+//! it down to 16 bytes). Three vectors use an interrupt-stack-table entry instead
+//! (`gdt.rs`), a per-CPU stack the CPU switches to unconditionally:
+//!
+//! - **#DF, IST 1**: a double fault usually means the stack overflowed.
+//! - **#BP, IST 2, and #DB, IST 3**: the probe stub executes the instruction its int3
+//!   displaced *out of line*, and some instructions it emulates instead — a `call`
+//!   is emulated by pushing the return address onto the interrupted stack, i.e.
+//!   writing at `frame.rsp - 8` and lowering `frame.rsp`. Without an IST entry that
+//!   word is where the CPU saved the trap frame itself (SS, RSP, ...), so the push
+//!   would overwrite the very frame `iretq` resumes from. On the IST stack the frame
+//!   lives elsewhere and the interrupted stack is free to be written below its RSP
+//!   (the kernel is built without a red zone). The int3 self-test checks exactly
+//!   this (`selftest.rs`). #DB gets its own stack so a debug exception raised while
+//!   the #BP hook runs does not overwrite the #BP frame.
+//!
+//! An IST stack is reused from its top on every entry, so the #BP and #DB paths must
+//! not nest on one CPU: the hooks run with interrupts off, and the stub refuses to
+//! probe itself and the trap path. The timer and the other interrupts stay on the
+//! interrupted thread's own stack, which is what lets the scheduler switch threads
+//! from inside the timer interrupt (`sched.rs`).
 //!
 //! # Invariants
 //!
@@ -23,29 +47,34 @@
 //!   registers through it).
 //! - `trap_common` keeps the stack 16-byte aligned at the `call` (the CPU aligns it
 //!   before pushing its 40-byte frame; stub and registers add 136 bytes).
-//! - Hooks run in probe context: no allocation, no lock, no printing.
+//! - Hooks run in probe context: no allocation, no lock, no printing, no scheduling.
+//! - #BP and #DB frames live on their IST stacks, never on the interrupted stack.
 
 use core::arch::global_asm;
 use core::mem::size_of;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::apic;
 use crate::console::println;
-use crate::gdt::{DOUBLE_FAULT_IST, DescriptorTablePointer, KERNEL_CODE_SELECTOR};
-use crate::percpu;
-use crate::verdict;
+use crate::gdt::{
+    BREAKPOINT_IST, DEBUG_IST, DOUBLE_FAULT_IST, DescriptorTablePointer, KERNEL_CODE_SELECTOR,
+};
+use crate::{apic, com2, percpu, sched, verdict};
 
 /// Debug exception (single step, hardware breakpoints).
 pub(crate) const DEBUG_VECTOR: u64 = 1;
 /// Breakpoint (`int3`).
 pub(crate) const BREAKPOINT_VECTOR: u64 = 3;
-const DOUBLE_FAULT_VECTOR: usize = 8;
+const DOUBLE_FAULT_VECTOR: u64 = 8;
 const PAGE_FAULT_VECTOR: u64 = 14;
 /// First vector of the legacy PICs after remapping; they stay masked, but a spurious
 /// IRQ 7 or 15 can still arrive.
 pub(crate) const PIC_VECTOR_BASE: u8 = 0x20;
 /// Local APIC timer.
 pub(crate) const TIMER_VECTOR: u8 = 0x40;
+/// Inter-processor interrupt: a thread of the receiving CPU became ready.
+pub(crate) const RESCHEDULE_VECTOR: u8 = 0x41;
+/// COM2 (ISA IRQ 3) through the IOAPIC.
+pub(crate) const COM2_VECTOR: u8 = 0x43;
 /// Local APIC spurious-interrupt vector.
 pub(crate) const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -190,10 +219,11 @@ pub(crate) fn init() {
     // SAFETY: runs once on the BSP before any CPU loads the IDT (see `Idt`).
     let gates = unsafe { &mut *IDT.0.get() };
     for (vector, gate) in gates.iter_mut().enumerate() {
-        let interrupt_stack = if vector == DOUBLE_FAULT_VECTOR {
-            DOUBLE_FAULT_IST
-        } else {
-            0
+        let interrupt_stack = match vector as u64 {
+            DOUBLE_FAULT_VECTOR => DOUBLE_FAULT_IST,
+            BREAKPOINT_VECTOR => BREAKPOINT_IST,
+            DEBUG_VECTOR => DEBUG_IST,
+            _ => 0,
         };
         *gate = Gate::interrupt_gate(stubs + (vector * STUB_SIZE) as u64, interrupt_stack);
     }
@@ -220,7 +250,22 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             frame,
             "debug exception with no hook that claims it",
         ),
-        vector if vector == u64::from(TIMER_VECTOR) => apic::on_timer_interrupt(),
+        // The interrupts acknowledge first: the scheduler may switch threads before
+        // this handler returns, and an unacknowledged vector would block its CPU.
+        vector if vector == u64::from(TIMER_VECTOR) => {
+            apic::on_timer_interrupt();
+            sched::on_tick();
+        }
+        vector if vector == u64::from(RESCHEDULE_VECTOR) => {
+            apic::end_of_interrupt();
+            sched::preempt();
+        }
+        // The relay was woken: let it run now rather than at the next tick.
+        vector if vector == u64::from(COM2_VECTOR) => {
+            com2::on_interrupt();
+            apic::end_of_interrupt();
+            sched::preempt();
+        }
         vector if vector == u64::from(SPURIOUS_VECTOR) => {}
         // Spurious IRQ 7 / 15 from the (masked) legacy PICs: no EOI, nothing to do.
         vector
@@ -321,8 +366,9 @@ fn exception_name(vector: u64) -> &'static str {
 /// Prints the vectors the kernel handles (boot log).
 pub(crate) fn describe() {
     println!(
-        "traps: IDT with 256 gates; #BP/#DB hand a full frame to hooks, #DF on IST {DOUBLE_FAULT_IST}, \
-         timer vector {TIMER_VECTOR:#x}"
+        "traps: IDT with 256 gates; #BP/#DB hand a full frame to hooks on IST {BREAKPOINT_IST}/{DEBUG_IST}, \
+         #DF on IST {DOUBLE_FAULT_IST}, timer vector {TIMER_VECTOR:#x}, reschedule IPI {RESCHEDULE_VECTOR:#x}, \
+         COM2 {COM2_VECTOR:#x}"
     );
 }
 
