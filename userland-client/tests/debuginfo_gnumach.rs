@@ -573,3 +573,39 @@ fn every_prototype_matches_gdb_info_functions() {
         ]
     );
 }
+
+/// The command a Hurd developer types, end to end through the binary.
+#[test]
+fn probeport_list_on_the_gnu_mach_image() {
+    kernel(); // Installs the package if it is missing.
+    let output = Command::new(env!("CARGO_BIN_EXE_probeport"))
+        .args(["list", "--kernel", "gnumach-dbg", "-v", "ipc_kmsg_get"])
+        .output()
+        .expect("probeport runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Prototype and locations as `gdb -batch -ex 'info scope ipc_kmsg_get'` shows them
+    // at the entry (0x41021a10): msg in rdi, size in rsi, kmsgp in rdx.
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "ipc_kmsg_get(mach_msg_header_t *msg, mach_msg_size_t size, ipc_kmsg_t *kmsgp)\n    \
+         entry 0x41021a10 size 383 returns mach_msg_return_t\n    \
+         declared at ../ipc/ipc_kmsg.c:501\n    \
+         mach_msg_header_t *msg: %rdi\n    \
+         mach_msg_size_t size: %rsi\n    \
+         ipc_kmsg_t *kmsgp: %rdx\n"
+    );
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_probeport"))
+        .args(["list", "--kernel", "gnumach-dbg", "no_such_function_*"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(missing.stderr).unwrap(),
+        "probeport: no function matches `no_such_function_*`\n"
+    );
+}
