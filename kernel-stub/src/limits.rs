@@ -20,8 +20,9 @@ use probe_port_protocol::isa::MAX_INSNS;
 /// Most CPUs the stub serves; a platform with more is refused at `Hello`.
 pub const MAX_CPUS: usize = 8;
 
-/// Most probes armed at once (every kind together).
-pub const MAX_PROBES: usize = 512;
+/// Most probes armed at once (every kind together): enough for one probe on every
+/// function of a small kernel (the demo kernel has about a thousand).
+pub const MAX_PROBES: usize = 2048;
 
 /// Most maps defined at once.
 pub const MAX_MAPS: usize = 32;
@@ -50,6 +51,13 @@ pub const MAX_RECORD: usize = 1024;
 
 /// Largest message the stub accepts or sends (the frame layer's maximum).
 pub const MAX_MESSAGE: usize = MAX_PAYLOAD;
+
+/// Most out-of-line slots the stub uses (slot 0, the return trampoline,
+/// included): a platform's area beyond `MAX_OUT_OF_LINE_SLOTS * SLOT_SIZE` bytes
+/// (512 KiB on x86_64) is not used. Slots are written once per boot and never
+/// rewritten with other code (see `session.rs`), so this bounds the distinct
+/// probe sites a boot can ever arm, not the probes armed at once.
+pub const MAX_OUT_OF_LINE_SLOTS: usize = 16384;
 
 /// Most timer probes armed at once.
 pub const MAX_TIMERS: usize = 32;

@@ -47,6 +47,7 @@ pub fn set_marker_sink(sink: &'static dyn MarkerSink) -> bool {
 /// Called by an enabled [`marker!`](crate::marker); forwards to the sink, if any.
 #[cold]
 #[inline(never)]
+#[unsafe(link_section = ".text.probeport")]
 pub fn fire_marker(site: &'static MarkerSite, args: &[u64]) {
     if let Some(sink) = SINK.get() {
         sink.fire(site, args);

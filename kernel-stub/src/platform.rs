@@ -116,10 +116,15 @@ pub trait Platform: Sync {
     fn write_kernel(&self, address: u64, bytes: &[u8]) -> Result<(), Fault>;
 
     /// The executable memory the stub writes its out-of-line slots into (through
-    /// [`Platform::write_text`]): at least [`crate::arch::SLOT_SIZE`] bytes per
-    /// probe plus one slot for the return trampoline, within ±2 GiB of all kernel
-    /// text (x86_64 reaches the original code with 32-bit displacements). The
-    /// [`crate::out_of_line_area!`] macro defines one in the kernel image.
+    /// [`Platform::write_text`]), within ±2 GiB of all kernel text (x86_64 reaches
+    /// the original code with 32-bit displacements). One slot
+    /// ([`crate::arch::SLOT_SIZE`] bytes) holds the return trampoline; every other
+    /// slot holds the displaced instruction of one probe site and is never
+    /// rewritten with other code during the boot (a thread may be preempted inside
+    /// a slot), so size the area for the distinct sites a boot will arm, not for
+    /// the probes armed at once; past [`crate::limits::MAX_OUT_OF_LINE_SLOTS`]
+    /// slots the rest is unused. The [`crate::out_of_line_area!`] macro defines one
+    /// in the kernel image.
     fn out_of_line_area(&self) -> Range<u64>;
 
     /// Runs `f` with interrupts disabled on the current CPU, then restores the
@@ -137,7 +142,9 @@ pub trait Platform: Sync {
     /// its own code (most of it is monomorphised and inlined into the kernel's
     /// code units), so a kernel should list here the text of the trap path as a
     /// whole, stub included (for example between linker-script symbols around
-    /// the sections that hold it). Default: none.
+    /// the sections that hold it: the stub puts its own probe-context entry
+    /// points and everything a re-entered hit runs in `.text.probeport`).
+    /// Default: none.
     fn forbidden_text(&self) -> &[Range<u64>] {
         &[]
     }

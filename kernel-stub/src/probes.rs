@@ -160,6 +160,7 @@ impl ProbeSlot {
     }
 
     /// The probe, if it is live. *Probe context.*
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn live(&self) -> Option<ProbeData> {
         if self.state.load(Ordering::SeqCst) != LIVE {
             return None;
@@ -228,6 +229,7 @@ impl ProbeTable {
     }
 
     /// The slot at `index` (masked into the table: never panics).
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn slot(&self, index: usize) -> &ProbeSlot {
         &self.slots[index % MAX_PROBES]
     }
@@ -290,6 +292,7 @@ impl SiteData {
     }
 
     /// The instruction the breakpoint displaced (`None` for markers).
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn displaced(&self) -> Option<Displaced> {
         if self.has_displaced {
             // SAFETY: `has_displaced` is private and true only for values built
@@ -301,6 +304,7 @@ impl SiteData {
     }
 
     /// The out-of-line slot's address.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn slot_address(&self) -> u64 {
         self.slot_address
     }
@@ -336,6 +340,7 @@ impl SiteEntry {
     }
 
     /// The site's data. Only after finding the site published.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn data(&self) -> SiteData {
         // SAFETY: callers reach an entry only through `SiteTable::find` (a
         // sequentially consistent load that saw it published) or as the session,
@@ -344,11 +349,13 @@ impl SiteEntry {
     }
 
     /// The probe slot of the dynamic or marker probe here.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn primary(&self) -> Option<usize> {
         slot_of(self.primary.load(Ordering::SeqCst))
     }
 
     /// The probe slot of the return probe here.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn returns(&self) -> Option<usize> {
         slot_of(self.returns.load(Ordering::SeqCst))
     }
@@ -384,16 +391,19 @@ impl SiteTable {
         }
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn start(address: u64) -> usize {
         (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % SITE_TABLE
     }
 
     /// The entry at `index` (masked into the table).
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn entry(&self, index: usize) -> &SiteEntry {
         &self.entries[index % SITE_TABLE]
     }
 
     /// The index of the published site at `address`. *Probe context.*
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn find(&self, address: u64) -> Option<usize> {
         if address == EMPTY || address == TOMBSTONE {
             return None;

@@ -97,6 +97,7 @@ impl PendingReturns {
     }
 
     /// Table indices in search order for a stack pointer.
+    #[unsafe(link_section = ".text.probeport")]
     fn order(entry_sp: u64) -> impl Iterator<Item = usize> {
         let start = ((entry_sp >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize;
         (0..PENDING_RETURNS).map(move |step| (start + step) % PENDING_RETURNS)
@@ -158,6 +159,7 @@ impl PendingReturns {
 
     /// Finds the ready activation entered at `entry_sp`, frees its entry and
     /// returns it.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn take(&self, entry_sp: u64) -> Option<Activation> {
         for index in Self::order(entry_sp) {
             let entry = &self.entries[index];

@@ -16,7 +16,7 @@
 //!
 //! - **Arm** stages a probe: it checks the site (forbidden text, instruction
 //!   boundary, expected bytes, relocatability, an existing probe), verifies the
-//!   program(s) into the program arena, writes the out-of-line slot's code, and
+//!   program(s) into the program arena, finds or writes the out-of-line slot, and
 //!   publishes the site and the probe as *staged*. Kernel text is not touched
 //!   until `Start` (or at once if started).
 //! - **Start** makes every probe live and writes each site's breakpoint (one
@@ -26,15 +26,23 @@
 //!   quiescence, drains every ring, then replies.
 //! - **Disarm** unpublishes one probe (and its site, restoring the byte, if it
 //!   was the site's last probe), waits for quiescence, and so frees its program
-//!   slots, site entry and out-of-line slot for reuse.
+//!   slots and site entry for reuse (its out-of-line slot keeps its code, see
+//!   below).
 //! - **Goodbye**, an expired lease ([`Stub::poll`]) and [`Stub::end_session`]
 //!   tear the session down: every probe disarmed and every byte restored, maps
 //!   freed, sequence numbers and counters reset. Pending returns stay (see
 //!   `returns.rs`).
 //!
-//! The out-of-line slot of a removed site is reused least-recently-freed first:
-//! a CPU that was interrupted while executing in a slot resumes there later, so
-//! the slot that was freed longest ago is the safest to rewrite.
+//! **Out-of-line slots are written once per boot.** A thread can be interrupted
+//! (and, in a preemptive kernel, switched out for long) while its instruction
+//! pointer is inside a slot, between the displaced instruction and the jump back,
+//! so no slot is ever rewritten with different code. A slot is keyed by the probe
+//! address it was written for and its code: re-arming the same site (after a
+//! `Disarm`, a `Stop` or in a later session) finds its slot by address and reuses
+//! it when the code it would write is byte for byte what the slot holds; any other
+//! arming takes a fresh slot. Instructions the backend emulates need no slot.
+//! When the area has no fresh slot left, arming fails with `NO_SPACE` and the
+//! number of probe slots as its detail. Slot 0 is the return trampoline.
 //!
 //! # Invariants
 //!
@@ -61,8 +69,8 @@ use probe_port_protocol::verifier::{ProgramKind, Rule, VerifierConfig, VerifierS
 
 use crate::arch::{self, MAX_INSN_LEN, SLOT_SIZE};
 use crate::limits::{
-    MAX_BOUNDARY_SCAN, MAX_CPUS, MAX_MAPS, MAX_MESSAGE, MAX_PAGE_ENTRIES, MAX_PROBES,
-    MAX_PROGRAM_INSNS, MAX_RECORD, MAX_TIMERS, PROGRAM_ARENA_SLOTS, RETURN_DEPTH,
+    MAX_BOUNDARY_SCAN, MAX_CPUS, MAX_MAPS, MAX_MESSAGE, MAX_OUT_OF_LINE_SLOTS, MAX_PAGE_ENTRIES,
+    MAX_PROBES, MAX_PROGRAM_INSNS, MAX_RECORD, MAX_TIMERS, PROGRAM_ARENA_SLOTS, RETURN_DEPTH,
     RING_BYTES_PER_CPU, RING_WORDS, SITE_TABLE,
 };
 use crate::maps::{DefineError, MAP_MEMORY};
@@ -117,8 +125,8 @@ impl ProbeRecord {
 #[derive(Clone, Copy, Debug)]
 struct SiteRecord {
     address: u64,
-    /// Out-of-line slot (1-based; 0 for markers, which have none).
-    slot: u32,
+    /// Whether the site is an instruction (a breakpoint to write), not a marker.
+    text: bool,
     /// Whether the breakpoint is written.
     patched: bool,
     /// The bytes the breakpoint covers.
@@ -128,18 +136,10 @@ struct SiteRecord {
 impl SiteRecord {
     const ZERO: SiteRecord = SiteRecord {
         address: 0,
-        slot: 0,
+        text: false,
         patched: false,
         original: [0; arch::BREAKPOINT.len()],
     };
-}
-
-/// One out-of-line slot (index 0 is the return trampoline).
-#[derive(Clone, Copy, Debug)]
-struct SlotRecord {
-    used: bool,
-    /// When it was last freed, on the session's own clock (0: never used).
-    freed_at: u64,
 }
 
 /// Everything only the session touches.
@@ -150,9 +150,12 @@ pub(crate) struct Session {
     next_probe_id: u32,
     probes: [ProbeRecord; MAX_PROBES],
     sites: [SiteRecord; SITE_TABLE],
-    slots: [SlotRecord; MAX_PROBES + 1],
-    /// Counts slot releases, for least-recently-freed reuse (kept across sessions).
-    slot_clock: u64,
+    /// For each out-of-line slot (index 0 is the trampoline), the probe address
+    /// whose displaced instruction it holds; 0 while never written. Kept across
+    /// sessions: a slot is written once per boot (see the module docs).
+    slot_owners: [u64; MAX_OUT_OF_LINE_SLOTS],
+    /// Probe slots written so far: the next fresh slot is `slots_used + 1`.
+    slots_used: u32,
     /// Per CPU, the next sequence number the client has not been told about.
     expected_seq: [u64; MAX_CPUS],
     /// Scratch for the program allocator.
@@ -174,11 +177,8 @@ impl Session {
             next_probe_id: 0,
             probes: [ProbeRecord::ZERO; MAX_PROBES],
             sites: [SiteRecord::ZERO; SITE_TABLE],
-            slots: [SlotRecord {
-                used: false,
-                freed_at: 0,
-            }; MAX_PROBES + 1],
-            slot_clock: 0,
+            slot_owners: [0; MAX_OUT_OF_LINE_SLOTS],
+            slots_used: 0,
             expected_seq: [0; MAX_CPUS],
             ranges: [(0, 0); MAX_PROBES],
             buffer: [0; MAX_MESSAGE],
@@ -361,6 +361,14 @@ impl<P: Platform> Stub<P> {
     /// Whether a session is open.
     pub fn session_open(&self) -> bool {
         self.session.lock().open
+    }
+
+    /// Whether a session is open and its probes are live (`Start` was accepted
+    /// and no `Stop` followed). A kernel that holds work back until tracing
+    /// starts checks this after serving the port's bytes.
+    pub fn session_started(&self) -> bool {
+        let session = self.session.lock();
+        session.open && session.started
     }
 
     // ------------------------------------------------------------------------
@@ -560,7 +568,7 @@ impl<P: Platform> Stub<P> {
     fn out_of_line_slots(&self) -> usize {
         let area = self.platform.out_of_line_area();
         let slots = area.end.saturating_sub(area.start) / SLOT_SIZE as u64;
-        (slots.saturating_sub(1) as usize).min(MAX_PROBES)
+        (slots.saturating_sub(1) as usize).min(MAX_OUT_OF_LINE_SLOTS - 1)
     }
 
     /// Whether `address` may never be probed: the out-of-line area, the
@@ -654,46 +662,45 @@ impl<P: Platform> Stub<P> {
         let Some(probe_slot) = self.probes.free_slot() else {
             return Err(refuse_value(ErrorCode::NO_SPACE, MAX_PROBES as u64));
         };
-        // A new site needs an out-of-line slot and the displaced instruction.
+        // A new site needs the displaced instruction (checked before anything is
+        // written: an instruction that cannot run displaced consumes nothing).
         let prepared = match existing {
             Some(_) => None,
             None => {
-                let Some(slot) = self.free_out_of_line_slot(session, slot_count) else {
-                    return Err(refuse_value(ErrorCode::NO_SPACE, slot_count as u64));
-                };
-                let area = self.platform.out_of_line_area();
-                let slot_address = area.start + (slot * SLOT_SIZE) as u64;
                 let code_len = self.read_code(session, address);
-                let code = &session.buffer[..code_len];
-                let Ok((displaced, slot_code)) = arch::prepare(address, code, slot_address) else {
+                let mut code = [0u8; MAX_INSN_LEN];
+                code[..code_len].copy_from_slice(&session.buffer[..code_len]);
+                let area = self.platform.out_of_line_area();
+                let Ok((displaced, _)) =
+                    arch::prepare(address, &code[..code_len], area.start + SLOT_SIZE as u64)
+                else {
                     return Err(refuse_address(ErrorCode::UNRELOCATABLE, address));
                 };
                 let mut original = [0u8; arch::BREAKPOINT.len()];
-                for (byte, code) in original.iter_mut().zip(code) {
+                for (byte, code) in original.iter_mut().zip(&code[..code_len]) {
                     *byte = *code;
                 }
-                Some((slot, slot_address, displaced, slot_code, original))
+                Some((displaced, code, code_len, original))
             }
         };
         let kind = if is_return { RETURN } else { DYNAMIC };
         let programs = self.stage_programs(session, program, entry_program)?;
         let site_index = match (existing, prepared) {
             (Some(index), _) => index,
-            (None, Some((slot, slot_address, displaced, slot_code, original))) => {
+            (None, Some((displaced, code, code_len, original))) => {
                 // The slot's code first: a site is never published without it.
-                // (Emulated instructions have no slot code.)
-                let code = slot_code.bytes();
-                if !code.is_empty() && self.platform.write_text(slot_address, code).is_err() {
-                    return Err(refuse_address(ErrorCode::UNSUPPORTED, slot_address));
-                }
+                let (displaced, slot_address) = if displaced.is_emulated() {
+                    (displaced, 0)
+                } else {
+                    self.out_of_line_slot(session, address, &code[..code_len], slot_count)?
+                };
                 let data = SiteData::text(displaced, slot_address);
                 let Some(index) = self.sites.insert(address, data) else {
                     return Err(refuse_value(ErrorCode::NO_SPACE, MAX_PROBES as u64));
                 };
-                session.slots[slot].used = true;
                 session.sites[index] = SiteRecord {
                     address,
-                    slot: slot as u32,
+                    text: true,
                     patched: false,
                     original,
                 };
@@ -917,17 +924,54 @@ impl<P: Platform> Stub<P> {
         (PROGRAM_ARENA_SLOTS.saturating_sub(cursor) >= len).then_some(cursor)
     }
 
-    /// The least recently freed out-of-line slot (1-based), if any is free.
-    fn free_out_of_line_slot(&self, session: &Session, count: usize) -> Option<usize> {
-        session
-            .slots
-            .iter()
-            .enumerate()
-            .skip(1)
-            .take(count)
-            .filter(|(_, slot)| !slot.used)
-            .min_by_key(|(_, slot)| slot.freed_at)
-            .map(|(index, _)| index)
+    /// The out-of-line slot that runs the instruction at `address` (`code`, its
+    /// bytes): the slot written for this address earlier in the boot if it holds
+    /// exactly the code this arming would write, else a fresh one, written now.
+    /// Returns the displaced instruction prepared for that slot and its address.
+    fn out_of_line_slot(
+        &self,
+        session: &mut Session,
+        address: u64,
+        code: &[u8],
+        slot_count: usize,
+    ) -> Result<(arch::Displaced, u64), Refusal> {
+        let area = self.platform.out_of_line_area();
+        let slot_address = |slot: usize| area.start + (slot * SLOT_SIZE) as u64;
+        let used = (session.slots_used as usize).min(slot_count);
+        for slot in 1..=used {
+            if session.slot_owners.get(slot) != Some(&address) {
+                continue;
+            }
+            let Ok((displaced, slot_code)) = arch::prepare(address, code, slot_address(slot))
+            else {
+                continue;
+            };
+            let wanted = slot_code.bytes();
+            let mut held = [0u8; SLOT_SIZE];
+            let held = &mut held[..wanted.len()];
+            if self.platform.read_kernel(held, slot_address(slot)).is_ok() && held == wanted {
+                return Ok((displaced, slot_address(slot)));
+            }
+        }
+        if used >= slot_count {
+            return Err(refuse_value(ErrorCode::NO_SPACE, slot_count as u64));
+        }
+        let slot = used + 1;
+        let Ok((displaced, slot_code)) = arch::prepare(address, code, slot_address(slot)) else {
+            return Err(refuse_address(ErrorCode::UNRELOCATABLE, address));
+        };
+        if self
+            .platform
+            .write_text(slot_address(slot), slot_code.bytes())
+            .is_err()
+        {
+            return Err(refuse_address(ErrorCode::UNSUPPORTED, slot_address(slot)));
+        }
+        if let Some(owner) = session.slot_owners.get_mut(slot) {
+            *owner = address;
+        }
+        session.slots_used = slot as u32;
+        Ok((displaced, slot_address(slot)))
     }
 
     /// Reads `len` bytes at `address` into the session buffer, with the original
@@ -1008,7 +1052,7 @@ impl<P: Platform> Stub<P> {
         let Some(record) = session.sites.get_mut(site) else {
             return Ok(());
         };
-        if record.patched || record.slot == 0 {
+        if record.patched || !record.text {
             return Ok(());
         }
         self.platform
@@ -1076,15 +1120,8 @@ impl<P: Platform> Stub<P> {
         }
         self.unpatch(session, site_index)?;
         self.sites.remove(site_index);
-        let clock = session.slot_clock + 1;
-        session.slot_clock = clock;
+        // The out-of-line slot stays written (and owned by the address) for good.
         if let Some(site_record) = session.sites.get_mut(site_index) {
-            if let Some(slot) = session.slots.get_mut(site_record.slot as usize)
-                && site_record.slot != 0
-            {
-                slot.used = false;
-                slot.freed_at = clock;
-            }
             *site_record = SiteRecord::ZERO;
         }
         Ok(())

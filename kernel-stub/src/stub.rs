@@ -39,6 +39,19 @@
 //! probe removed while the CPU was trapping: if the byte there is no longer a
 //! breakpoint the CPU simply re-executes the restored instruction.
 //!
+//! # The stub's own text
+//!
+//! A breakpoint in the code that runs before the re-entry guard (the entry
+//! points, the per-CPU guard, the site lookup) would trap again before the guard
+//! could see it, forever; a breakpoint in what a re-entered hit still runs (the
+//! resume of the displaced instruction, the trampoline's lookup) would do the same
+//! one level down. Those functions carry `#[link_section = ".text.probeport"]`
+//! (monomorphised copies keep the section), so a kernel's linker script can
+//! collect `.text.probeport*` into a range it returns from
+//! [`Platform::forbidden_text`]. Everything else of the stub runs after the guard
+//! and is protected by it: a probe there fires as a re-entered hit, counted and
+//! skipped.
+//!
 //! # Invariants
 //!
 //! - Probe context never panics, allocates, blocks or takes a lock its own CPU
@@ -236,6 +249,7 @@ impl<P: Platform> Stub<P> {
     /// Marks the current CPU as running probe context. Returns the CPU and
     /// whether it already was (re-entry); `None` if the platform reports a CPU
     /// beyond [`MAX_CPUS`].
+    #[unsafe(link_section = ".text.probeport")]
     fn enter(&self) -> Option<(usize, bool)> {
         let cpu = self.platform.cpu_id();
         let percpu = self.cpus.get(cpu)?;
@@ -244,6 +258,7 @@ impl<P: Platform> Stub<P> {
     }
 
     /// Ends what [`Stub::enter`] began.
+    #[unsafe(link_section = ".text.probeport")]
     fn leave(&self, cpu: usize, nested: bool) {
         if nested {
             return;
@@ -277,6 +292,7 @@ impl<P: Platform> Stub<P> {
     /// returns from the trap with `regs` as modified. *Probe context*: call it
     /// with interrupts off (an interrupt gate), never from the session thread's
     /// own code.
+    #[unsafe(link_section = ".text.probeport")]
     pub fn on_breakpoint(&self, regs: &mut TrapRegisters) -> TrapOutcome {
         let Some((cpu, nested)) = self.enter() else {
             return TrapOutcome::NotMine;
@@ -290,6 +306,7 @@ impl<P: Platform> Stub<P> {
     /// registers: runs the timer probes due on this CPU (`OneCpu` timers on CPU 0
     /// only, `EachCpu` timers on every CPU). *Probe context*, interrupts off. A
     /// timer fires at most once per call, however late the call is.
+    #[unsafe(link_section = ".text.probeport")]
     pub fn on_timer(&self, regs: &TrapRegisters) {
         let Some((cpu, nested)) = self.enter() else {
             return;
@@ -307,11 +324,13 @@ impl<P: Platform> Stub<P> {
     /// may be on and the thread may migrate, so this runs the handler inside
     /// [`Platform::without_interrupts`]: it must stay on one CPU to use that
     /// CPU's ring and tables. *Probe context* once inside.
+    #[unsafe(link_section = ".text.probeport")]
     pub fn fire_marker(&self, site: &'static MarkerSite, args: &[u64]) {
         self.platform
             .without_interrupts(|| self.marker_hit(site, args));
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn marker_hit(&self, site: &'static MarkerSite, args: &[u64]) {
         let Some((cpu, nested)) = self.enter() else {
             return;
@@ -346,12 +365,14 @@ impl<P: Platform> Stub<P> {
     // ------------------------------------------------------------------------
     // Breakpoints.
 
+    #[unsafe(link_section = ".text.probeport")]
     fn count_reentered(&self, cpu: usize) {
         if let Some(percpu) = self.cpus.get(cpu) {
             percpu.reentered.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn breakpoint(&self, cpu: usize, nested: bool, regs: &mut TrapRegisters) -> TrapOutcome {
         let address = arch::breakpoint_address(regs);
         if nested {
@@ -397,6 +418,7 @@ impl<P: Platform> Stub<P> {
     }
 
     /// The handler of a dynamic probe.
+    #[unsafe(link_section = ".text.probeport")]
     fn dynamic_hit(
         &self,
         cpu: usize,
@@ -430,6 +452,7 @@ impl<P: Platform> Stub<P> {
 
     /// The entry half of a return probe: run the entry program, remember the
     /// activation and swap its return address for the trampoline's.
+    #[unsafe(link_section = ".text.probeport")]
     fn return_entry(
         &self,
         cpu: usize,
@@ -503,6 +526,7 @@ impl<P: Platform> Stub<P> {
     }
 
     /// A function with a swapped return address returned into the trampoline.
+    #[unsafe(link_section = ".text.probeport")]
     fn trampoline_hit(&self, cpu: usize, nested: bool, regs: &mut TrapRegisters) -> TrapOutcome {
         // The `ret` popped the trampoline's address from `entry_sp`.
         let entry_sp = arch::stack_pointer(regs).wrapping_sub(8);
@@ -694,6 +718,7 @@ impl<P: Platform> Stub<P> {
 }
 
 impl<P: Platform> MarkerSink for Stub<P> {
+    #[unsafe(link_section = ".text.probeport")]
     fn fire(&self, site: &'static MarkerSite, args: &[u64]) {
         self.fire_marker(site, args);
     }
@@ -715,12 +740,14 @@ struct PlatformStack<'p, P: Platform> {
 }
 
 impl<P: Platform> StackAccess for PlatformStack<'_, P> {
+    #[unsafe(link_section = ".text.probeport")]
     fn read_u64(&mut self, address: u64) -> Result<u64, Fault> {
         let mut word = [0u8; 8];
         self.platform.read_kernel(&mut word, address)?;
         Ok(u64::from_le_bytes(word))
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn write_u64(&mut self, address: u64, value: u64) -> Result<(), Fault> {
         self.platform.write_kernel(address, &value.to_le_bytes())
     }

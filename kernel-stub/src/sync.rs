@@ -65,6 +65,7 @@ impl<T: Copy> QuiescentCell<T> {
     ///
     /// The caller found the cell published (through an acquire load that follows
     /// the writer's release store), or is the session, the only writer.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) unsafe fn read(&self) -> T {
         // SAFETY: the caller guarantees no write is in progress; a copy of plain
         // data from a live `UnsafeCell` is then an ordinary read.

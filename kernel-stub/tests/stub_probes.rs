@@ -13,7 +13,7 @@ use kernel_stub::arch::TrapRegisters;
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::frame::crc32;
 use probe_port_protocol::isa::helper_error::EFAULT;
-use probe_port_protocol::message::{ErrorDetail, ProbeId, ReplyBody, RequestBody};
+use probe_port_protocol::message::{ErrorDetail, ProbeId, ReplyBody, RequestBody, Site};
 
 const STACK_TOP: u64 = STACK_BASE + 0x8000;
 
@@ -465,21 +465,60 @@ fn a_stub_without_a_lease_never_expires() {
 }
 
 #[test]
-fn out_of_line_slots_are_reused_least_recently_freed_first() {
+fn out_of_line_slots_are_written_once_and_reused_only_for_the_same_code() {
     let stub = new_stub!();
+    let sim = stub.platform();
     let mut client = Client::new(stub);
+    // `push rbx` everywhere: it runs out of line, so every site needs a slot
+    // (the `nop`s there would be emulated and need none).
+    sim.poke(NOPS, &[0x53; NOP_COUNT]);
     client.open();
     client.done(RequestBody::Start);
+    let slot_writes = || {
+        sim.text_writes()
+            .into_iter()
+            .filter(|(address, _)| *address >= slot_address(1))
+            .map(|(address, _)| address)
+            .collect::<Vec<_>>()
+    };
     let a = client.arm_dynamic(NOPS, &noop());
     let b = client.arm_dynamic(NOPS + 1, &noop());
+    assert_eq!(slot_writes(), [slot_address(1), slot_address(2)]);
     client.done(RequestBody::Disarm { probe: ProbeId(a) });
     client.done(RequestBody::Disarm { probe: ProbeId(b) });
-    // Never-used slots come first, then slot 1 (freed before slot 2).
-    for index in 0..510 {
-        client.arm_dynamic(NOPS + 2 + index, &noop());
+    // Re-arming a site finds its slot, which already holds the same code: no write.
+    let again = client.arm_dynamic(NOPS + 1, &noop());
+    assert_eq!(slot_writes().len(), 2);
+    let mut regs = call_registers(NOPS + 1, STACK_TOP, &[]);
+    assert_eq!(sim.fetch(stub, 0, &mut regs), Some(TrapOutcome::Handled));
+    assert_eq!(regs.pc, slot_address(2));
+    client.done(RequestBody::Disarm {
+        probe: ProbeId(again),
+    });
+    // A slot freed by a disarm is never rewritten for another site: a thread
+    // preempted inside it would resume in the other site's code.
+    client.arm_dynamic(NOPS + 2, &noop());
+    assert_eq!(slot_writes().last(), Some(&slot_address(3)));
+    // The area has 512 probe slots; 3 are written. A new session keeps them.
+    client.done(RequestBody::Goodbye);
+    client.open();
+    client.done(RequestBody::Start);
+    for index in 0..509 {
+        client.arm_dynamic(NOPS + 3 + index, &noop());
     }
-    let writes_before = stub.platform().text_writes().len();
-    client.arm_dynamic(F_PUSH, &noop());
-    let slot_write = stub.platform().text_writes()[writes_before].0;
-    assert_eq!(slot_write, slot_address(1));
+    assert_eq!(slot_writes().len(), 512);
+    // Every slot is written: a new site is refused with the number of slots, but
+    // a site that owns its slot still arms, and emulated instructions need none.
+    client
+        .arm(
+            Site::Dynamic {
+                address: NOPS + 600,
+                expected: &[0x53],
+            },
+            &noop(),
+        )
+        .assert_err(ErrorCode::NO_SPACE, ErrorDetail::Value(512));
+    client.arm_dynamic(NOPS, &noop());
+    client.arm_dynamic(F_CALL, &noop());
+    assert_eq!(slot_writes().len(), 512);
 }

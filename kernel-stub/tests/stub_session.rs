@@ -792,3 +792,19 @@ fn a_markers_site_is_not_an_instruction_to_probe() {
         )
         .assert_err(ErrorCode::FORBIDDEN_ADDRESS, ErrorDetail::Address(address));
 }
+
+#[test]
+fn session_started_follows_start_stop_and_goodbye() {
+    let stub = new_stub!();
+    let mut client = Client::new(stub);
+    assert!(!stub.session_started());
+    client.open();
+    assert!(!stub.session_started());
+    client.done(RequestBody::Start);
+    assert!(stub.session_started());
+    client.done(RequestBody::Stop);
+    assert!(!stub.session_started());
+    client.done(RequestBody::Start);
+    client.done(RequestBody::Goodbye);
+    assert!(!stub.session_started());
+}

@@ -11,8 +11,10 @@
 //! - `-T kernel.ld`: the linker script (load address 1 MiB, PVH note, segments).
 //! - `--no-pie`: `x86_64-unknown-none` links static position-independent executables
 //!   by default; QEMU's PVH loader wants a plain `ET_EXEC` loaded at its link address,
-//!   and the 32-bit boot code uses absolute addresses. The Rust code itself stays
-//!   position-independent code, which links fine into a fixed-address executable.
+//!   and the 32-bit boot code uses absolute addresses. The Rust code is compiled
+//!   with `-C relocation-model=static` (the workspace's `.cargo/config.toml`, with
+//!   `-C force-frame-pointers=yes` for the probe stub's stack traces): direct calls
+//!   instead of calls through the GOT, which matter on the probe hit path.
 //! - `--build-id=sha1`: a GNU build-id note, so the client can match debuginfo to the
 //!   running kernel (the linker script keeps it in memory too).
 

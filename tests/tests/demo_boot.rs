@@ -1,51 +1,21 @@
 //! Boots of the demo kernel under QEMU through the harness.
 //!
 //! Every test runs QEMU with TCG (never KVM); each says which TCG threading mode it
-//! uses. The boots run one at a time (a lock below): the machines have two cores and
-//! other test binaries may run QEMU too. Nothing is skipped when QEMU is missing: the
-//! harness installs it (as root) or the test fails with the reason.
+//! uses. The boots run one at a time (a lock in `common`): the machines have two
+//! cores and other test binaries may run QEMU too. Nothing is skipped when QEMU is
+//! missing: the harness installs it (as root) or the test fails with the reason.
 //!
 //! Leftover processes are checked per run, by QEMU's pid and by `pgrep -f` on the
 //! run's private directory (which appears on QEMU's command line), not with a global
 //! `pgrep qemu`, which would see other engineers' and other tests' QEMUs.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use qemu::{
-    Config, EXIT_STATUS_FAIL, EXIT_STATUS_PASS, Error, Qemu, TcgThreading, build_demo_kernel,
-};
-
-/// One QEMU at a time in this test binary.
-fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn demo_kernel() -> PathBuf {
-    build_demo_kernel().unwrap_or_else(|error| panic!("{error}"))
-}
-
-/// Panics if the QEMU of a finished run is still there.
-fn assert_no_qemu_left(pid: u32, run_directory: &Path) {
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "QEMU (pid {pid}) still exists after the run"
-    );
-    let output = Command::new("pgrep")
-        .arg("-f")
-        .arg(run_directory)
-        .output()
-        .expect("pgrep (procps) is needed to look for leftover QEMU processes");
-    let leftovers = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        leftovers.trim().is_empty(),
-        "processes of {} left: {leftovers}",
-        run_directory.display()
-    );
-}
+use common::{DemoRun, assert_no_qemu_left, demo_kernel, kernel_image, one_boot_at_a_time};
+use qemu::{Config, EXIT_STATUS_FAIL, EXIT_STATUS_PASS, Error, Qemu, TcgThreading};
 
 /// The tick count the kernel printed for `cpu N`.
 fn timer_ticks(console: &str, cpu: usize) -> Option<u64> {
@@ -57,32 +27,22 @@ fn timer_ticks(console: &str, cpu: usize) -> Option<u64> {
     })
 }
 
-/// Boots with two CPUs, answers the COM2 self-check and checks the whole console.
-fn boot_two_cpus_and_echo(threading: TcgThreading) {
-    let _guard = one_boot_at_a_time();
-    let config = Config::new(demo_kernel())
-        .cpus(2)
-        .tcg_threading(threading)
-        .timeout(Duration::from_secs(60));
+/// Boots with two CPUs, opens and ends a session on the probe port (COM2) and
+/// checks the whole console.
+fn boot_two_cpus_and_open_the_port(threading: TcgThreading) {
     let started = Instant::now();
-    let mut qemu = Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
-    let (pid, run_directory) = (qemu.pid(), qemu.run_directory().to_path_buf());
-
-    let hello = qemu
-        .read_port_line()
-        .unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(hello.as_deref(), Some("probeport demo-kernel: COM2 hello"));
-    qemu.write_port(b"ping 1234 from the harness\n")
-        .unwrap_or_else(|error| panic!("{error}"));
-    let echo = qemu
-        .read_port_line()
-        .unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(echo.as_deref(), Some("echo: ping 1234 from the harness"));
-
-    let outcome = qemu.wait().unwrap_or_else(|error| panic!("{error}"));
+    let mut run = DemoRun::boot("demo.rounds=50", threading, Duration::from_secs(60));
+    let hello = run.hello();
+    assert_eq!(hello.cpu_count, 2);
+    assert_eq!(
+        hello.name,
+        format!("demo-kernel {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(hello.build_id.len(), 20, "a sha1 build-id");
+    assert_eq!(hello.build_id, kernel_image().build_id);
+    let outcome = run.goodbye_and_pass();
     eprintln!(
-        "{threading:?} TCG: boot to verdict in {:.2?} ({:.2?} with the harness)",
-        outcome.elapsed,
+        "{threading:?} TCG: {:.2?} with the harness",
         started.elapsed()
     );
     assert_eq!(outcome.exit_status, EXIT_STATUS_PASS);
@@ -93,7 +53,10 @@ fn boot_two_cpus_and_echo(threading: TcgThreading) {
         "smp: 2 of 2 CPU(s) online",
         "selftest: int3 round trip survived",
         "selftest: single-step #DB round trip survived",
-        "com2: echoed a 26-byte line back to the host",
+        "probe-stub: embedded; #BP hook installed",
+        "time: TSC at ",
+        "probe-port: relay thread 5 passed the rights check; the stub serves COM2",
+        "probe-port: session opened",
         "VERDICT: PASS",
     ] {
         assert!(
@@ -109,21 +72,16 @@ fn boot_two_cpus_and_echo(threading: TcgThreading) {
             "cpu {cpu} took only {ticks} timer ticks:\n{console}"
         );
     }
-    assert!(
-        !run_directory.exists(),
-        "a passing run's directory is removed"
-    );
-    assert_no_qemu_left(pid, &run_directory);
 }
 
 #[test]
-fn two_cpus_timer_int3_and_com2_echo_with_multi_threaded_tcg() {
-    boot_two_cpus_and_echo(TcgThreading::Multi);
+fn two_cpus_timer_int3_and_a_port_session_with_multi_threaded_tcg() {
+    boot_two_cpus_and_open_the_port(TcgThreading::Multi);
 }
 
 #[test]
-fn two_cpus_timer_int3_and_com2_echo_with_single_threaded_tcg() {
-    boot_two_cpus_and_echo(TcgThreading::Single);
+fn two_cpus_timer_int3_and_a_port_session_with_single_threaded_tcg() {
+    boot_two_cpus_and_open_the_port(TcgThreading::Single);
 }
 
 #[test]
@@ -217,22 +175,16 @@ fn timeout_kills_qemu_and_leaves_no_process() {
 
 #[test]
 fn dropping_a_run_kills_qemu() {
-    let _guard = one_boot_at_a_time();
-    let config = Config::new(demo_kernel())
-        .append("demo.hang")
-        .timeout(Duration::from_secs(60));
-    let mut qemu = Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
-    let (pid, run_directory) = (qemu.pid(), qemu.run_directory().to_path_buf());
-    // The kernel is up once it greets on COM2; then drop the run in the middle.
-    let hello = qemu
-        .read_port_line()
-        .unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(hello.as_deref(), Some("probeport demo-kernel: COM2 hello"));
+    // Multi-threaded TCG.
+    let mut run = DemoRun::boot("demo.hang", TcgThreading::Multi, Duration::from_secs(60));
+    // The kernel is up once its probe port answers; then drop the run in the middle.
+    run.hello();
+    let (pid, run_directory) = (run.qemu.pid(), run.qemu.run_directory().to_path_buf());
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
         "QEMU runs before the drop"
     );
-    drop(qemu);
+    drop(run);
     assert_no_qemu_left(pid, &run_directory);
     std::fs::remove_dir_all(&run_directory).expect("removing the kept run directory");
 }

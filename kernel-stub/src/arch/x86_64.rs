@@ -116,16 +116,19 @@ const JUMP_RELATIVE_LEN: usize = 5;
 const JUMP_ABSOLUTE_LEN: usize = 14;
 
 /// The address of the breakpoint that trapped (RIP points past `int3`).
+#[unsafe(link_section = ".text.probeport")]
 pub fn breakpoint_address(regs: &TrapRegisters) -> u64 {
     regs.pc.wrapping_sub(BREAKPOINT.len() as u64)
 }
 
 /// The interrupted stack pointer.
+#[unsafe(link_section = ".text.probeport")]
 pub fn stack_pointer(regs: &TrapRegisters) -> u64 {
     regs.regs[RSP]
 }
 
 /// The interrupted frame pointer (RBP).
+#[unsafe(link_section = ".text.probeport")]
 pub fn frame_pointer(regs: &TrapRegisters) -> u64 {
     regs.regs[RBP]
 }
@@ -150,6 +153,7 @@ struct MemoryOperand {
 }
 
 impl MemoryOperand {
+    #[unsafe(link_section = ".text.probeport")]
     fn address(&self, regs: &TrapRegisters) -> u64 {
         let register = |number: u8| regs.regs.get(usize::from(number)).copied().unwrap_or(0);
         register(self.base)
@@ -248,6 +252,7 @@ impl Displaced {
         }
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn next_address(&self) -> u64 {
         self.address.wrapping_add(u64::from(self.len))
     }
@@ -681,6 +686,7 @@ pub trait StackAccess {
 }
 
 /// Whether the `jcc` with condition nibble `condition` is taken under `flags`.
+#[unsafe(link_section = ".text.probeport")]
 fn condition_holds(condition: u8, flags: u64) -> bool {
     let set = |bit: u64| flags & bit != 0;
     let less = set(SIGN) != set(OVERFLOW);
@@ -703,6 +709,7 @@ fn condition_holds(condition: u8, flags: u64) -> bool {
 /// been written. Emulated: updates pc, rsp, rcx and the stack as the instruction
 /// would. On a fault (an emulated push or pop on a bad stack, or a bad `call [mem]`
 /// pointer) `regs` is left unchanged and the faulting address returned.
+#[unsafe(link_section = ".text.probeport")]
 pub fn resume(
     displaced: &Displaced,
     regs: &mut TrapRegisters,
@@ -710,13 +717,20 @@ pub fn resume(
     stack: &mut dyn StackAccess,
 ) -> Result<(), Fault> {
     let next = displaced.next_address();
-    let call = |regs: &mut TrapRegisters, stack: &mut dyn StackAccess, target: u64| {
+    // A function rather than a closure, so that it can carry the section too.
+    #[unsafe(link_section = ".text.probeport")]
+    fn call(
+        regs: &mut TrapRegisters,
+        stack: &mut dyn StackAccess,
+        next: u64,
+        target: u64,
+    ) -> Result<(), Fault> {
         let top = regs.regs[RSP].wrapping_sub(8);
         stack.write_u64(top, next)?;
         regs.regs[RSP] = top;
         regs.pc = target;
         Ok(())
-    };
+    }
     match displaced.kind {
         Kind::OutOfLine => regs.pc = slot_address,
         Kind::Skip => regs.pc = next,
@@ -741,14 +755,14 @@ pub fn resume(
             regs.regs[RCX] = count;
             regs.pc = if taken { target } else { next };
         }
-        Kind::Call { target } => return call(regs, stack, target),
+        Kind::Call { target } => return call(regs, stack, next, target),
         Kind::CallRegister { register } => {
             let target = regs.regs.get(usize::from(register)).copied().unwrap_or(0);
-            return call(regs, stack, target);
+            return call(regs, stack, next, target);
         }
         Kind::CallMemory { operand } => {
             let target = stack.read_u64(operand.address(regs))?;
-            return call(regs, stack, target);
+            return call(regs, stack, next, target);
         }
         Kind::Return { release } => {
             let top = regs.regs[RSP];

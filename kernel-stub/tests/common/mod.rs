@@ -68,10 +68,11 @@ pub(crate) const G: u64 = TEXT_BASE + 0x200;
 pub(crate) const UD2: u64 = TEXT_BASE + 0x300;
 /// An `int3` the kernel put there itself.
 pub(crate) const KERNEL_INT3: u64 = TEXT_BASE + 0x310;
-/// 1024 one-byte `nop`s, for tests that need many sites.
+/// One-byte `nop`s up to the end of the text, for tests that need many sites.
 pub(crate) const NOPS: u64 = TEXT_BASE + 0x1000;
-/// Number of `nop`s at [`NOPS`].
-pub(crate) const NOP_COUNT: usize = 1024;
+/// Number of `nop`s at [`NOPS`] (more than `MAX_PROBES`).
+pub(crate) const NOP_COUNT: usize = TEXT_SIZE - 0x1000;
+const _: () = assert!(NOP_COUNT > kernel_stub::limits::MAX_PROBES);
 
 /// The bytes of `f`.
 pub(crate) fn f_bytes() -> Vec<u8> {

@@ -9,9 +9,11 @@
 //!
 //! 1. loads the boot GDT (null, 64-bit code `0x08`, data `0x10`, 32-bit code `0x18`),
 //! 2. zeroes `.bss` (it holds the page tables and the boot stack),
-//! 3. identity-maps the first 4 GiB with 2 MiB pages; the fourth GiB, where the
-//!    IOAPIC (`0xfec0_0000`) and the local APIC (`0xfee0_0000`) live, is mapped
-//!    uncached,
+//! 3. identity-maps the first 4 GiB with 2 MiB pages, except the first 2 MiB, which
+//!    get 4 KiB pages so that page 0 can be unmapped once the loader's start info
+//!    (whose memory map QEMU puts there) has been read ([`unmap_page_zero`]): from
+//!    then on a NULL dereference faults; the fourth GiB, where the IOAPIC
+//!    (`0xfec0_0000`) and the local APIC (`0xfee0_0000`) live, is mapped uncached,
 //! 4. enables PAE, long mode and paging, far-jumps to 64-bit code and calls
 //!    `kernel_main(start_info_physical_address)` on the boot stack.
 //!
@@ -49,12 +51,30 @@ pub(crate) static AP_BOOT_CPU_INDEX: AtomicU32 = AtomicU32::new(0);
 const BOOT_STACK_SIZE: usize = 64 * 1024;
 
 unsafe extern "C" {
+    /// The page table of the first 2 MiB (512 entries of 4 KiB pages).
+    static mut boot_page_table_low: [u64; 512];
     /// First byte of the AP real-mode trampoline (inside `.text`).
     static ap_trampoline_start: u8;
     /// One past the last byte of the AP real-mode trampoline.
     static ap_trampoline_end: u8;
     /// The boot GDT (four descriptors), shared by every CPU until it loads its own.
     static boot_gdt: u8;
+}
+
+/// Unmaps page 0, so that a NULL pointer dereference faults (the probe stub's
+/// handlers rely on it: a NULL read is a counted fault, not a read of the
+/// real-mode IVT). Called once on the BSP, after the start info was read and before
+/// the other CPUs start (they share these page tables).
+pub(crate) fn unmap_page_zero() {
+    // SAFETY: the BSP alone runs; nothing uses page 0 any more (the start info was
+    // copied out); the entry is written through its place, then the stale
+    // translation is dropped.
+    unsafe {
+        (&raw mut boot_page_table_low)
+            .cast::<u64>()
+            .write_volatile(0);
+        core::arch::asm!("invlpg [{}]", in(reg) 0u64, options(nostack, preserves_flags));
+    }
 }
 
 /// The AP trampoline's bytes, to be copied to [`AP_TRAMPOLINE_ADDRESS`].
@@ -111,6 +131,9 @@ boot_pdpt:
     .skip 4096
 boot_page_directories:
     .skip 4 * 4096
+    .global boot_page_table_low
+boot_page_table_low:
+    .skip 4096
     .balign 16
 boot_stack_bottom:
     .skip {boot_stack_size}
@@ -190,6 +213,21 @@ pvh_start32:
     incl %ecx
     cmpl $2048, %ecx
     jne 1b
+
+    /* The first 2 MiB again with 4 KiB pages, so that page 0 alone can be
+       unmapped later (unmap_page_zero). */
+    xorl %ecx, %ecx
+5:
+    movl %ecx, %eax
+    shll $12, %eax
+    orl $0x3, %eax                  /* present, writable */
+    movl %eax, boot_page_table_low(,%ecx,8)
+    incl %ecx
+    cmpl $512, %ecx
+    jne 5b
+    movl $boot_page_table_low, %eax
+    orl $0x3, %eax
+    movl %eax, boot_page_directories
 
     enter_long_mode pvh_start64
 

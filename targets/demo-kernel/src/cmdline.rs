@@ -15,6 +15,7 @@
 //! | `demo.wait_start`     | the workload waits for `workload::release()`                 |
 //! | `demo.exit_when_done` | `VERDICT: PASS` as soon as the workload is done              |
 //! | `demo.intruder`       | a thread without the right tries to submit to the probe port |
+//! | `demo.bench`          | run the in-kernel probe benchmark instead of the workload    |
 
 /// Workload rounds when the command line does not say.
 pub(crate) const DEFAULT_ROUNDS: u32 = 1000;
@@ -37,6 +38,8 @@ pub(crate) struct Options {
     pub(crate) exit_when_done: bool,
     /// `demo.intruder`: start a thread that tries the probe port without the right.
     pub(crate) intruder: bool,
+    /// `demo.bench`: run the probe benchmark (`bench.rs`) instead of the workload.
+    pub(crate) bench: bool,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             wait_start: false,
             exit_when_done: false,
             intruder: false,
+            bench: false,
         }
     }
 }
@@ -67,6 +71,7 @@ impl Options {
                 "demo.wait_start" => options.wait_start = true,
                 "demo.exit_when_done" => options.exit_when_done = true,
                 "demo.intruder" => options.intruder = true,
+                "demo.bench" => options.bench = true,
                 other => match other.strip_prefix("demo.rounds=").map(str::parse::<u32>) {
                     Some(Ok(rounds)) if rounds > 0 => options.rounds = rounds,
                     _ => unknown(other),
@@ -94,7 +99,7 @@ mod tests {
         let mut unknown = Vec::new();
         let options = Options::parse(
             "  demo.panic console=ttyS0\tdemo.com2=off demo.hang demo.rounds=37 \
-             demo.wait_start demo.exit_when_done demo.intruder ",
+             demo.wait_start demo.exit_when_done demo.intruder demo.bench ",
             |word| unknown.push(word.to_owned()),
         );
         assert_eq!(
@@ -107,6 +112,7 @@ mod tests {
                 wait_start: true,
                 exit_when_done: true,
                 intruder: true,
+                bench: true,
             }
         );
         assert_eq!(unknown, ["console=ttyS0"]);

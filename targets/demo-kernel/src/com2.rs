@@ -4,11 +4,13 @@
 //!
 //! COM2's receive interrupt (ISA IRQ 3) is routed through the I/O APIC to the relay's
 //! CPU (`ioapic.rs`, set up at boot). The interrupt handler only rings a
-//! [`Doorbell`]; the relay thread, blocked on it, wakes and drains the UART's FIFO
-//! with plain polled reads. The UART keeps its line raised until the FIFO is empty, so
-//! one interrupt per burst is enough. If the interrupt never comes (no I/O APIC route)
-//! the relay still polls every [`POLL_TICKS`] ticks, so input is only slower, never
-//! lost.
+//! [`Doorbell`]; the relay thread, blocked on it (at most a tick at a time:
+//! [`Com2::read_within`]), wakes and reads the UART with plain polled reads. If the
+//! interrupt never comes (no I/O APIC route) the relay still polls every tick, so
+//! input is only slower, never lost. The UART runs without FIFOs (`serial.rs`):
+//! enabling them would clear whatever a client sent before the relay opened the
+//! port, and without them QEMU hands over the next byte only once the last one was
+//! read.
 //!
 //! # Invariants
 //!
@@ -20,7 +22,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sched::Doorbell;
 use crate::serial::{COM2_BASE, Uart};
 
-/// Longest wait between two polls when no interrupt comes (100 ms).
+/// Longest wait of one [`Com2::read_within`] (100 ms).
 pub(crate) const POLL_TICKS: u64 = 10;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
@@ -44,8 +46,7 @@ impl Com2 {
         // SAFETY: COM2 is the probe-port UART and the flag above guarantees this is
         // its only driver.
         let mut uart = unsafe { Uart::new(COM2_BASE) };
-        uart.init();
-        uart.enable_receive_interrupt();
+        uart.init_without_fifos();
         Some(Com2 { uart })
     }
 
@@ -54,9 +55,10 @@ impl Com2 {
         self.uart.write_bytes(bytes);
     }
 
-    /// Blocks until at least one byte arrived, then returns what the FIFO holds (up to
-    /// `buffer.len()` bytes).
-    pub(crate) fn read_available<'b>(&mut self, buffer: &'b mut [u8]) -> &'b [u8] {
+    /// Returns what the FIFO holds (up to `buffer.len()` bytes), waiting up to
+    /// `timeout_ticks` timer ticks for a first byte; empty if none came.
+    pub(crate) fn read_within<'b>(&mut self, buffer: &'b mut [u8], timeout_ticks: u64) -> &'b [u8] {
+        let mut waited = false;
         loop {
             let mut length = 0;
             while length < buffer.len() {
@@ -66,11 +68,12 @@ impl Com2 {
                 buffer[length] = byte;
                 length += 1;
             }
-            if length > 0 {
+            if length > 0 || waited || timeout_ticks == 0 {
                 return &buffer[..length];
             }
             // A byte that arrived after the poll above rang the doorbell already.
-            DOORBELL.wait_timeout(POLL_TICKS);
+            DOORBELL.wait_timeout(timeout_ticks.min(POLL_TICKS));
+            waited = true;
         }
     }
 }

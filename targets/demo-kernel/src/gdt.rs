@@ -49,6 +49,11 @@ pub(crate) struct TaskStateSegment {
 
 const _: () = assert!(size_of::<TaskStateSegment>() == 104);
 
+/// Offset of interrupt-stack-table entry `ist` (1-based) inside the TSS.
+pub(crate) const fn interrupt_stack_offset(ist: u8) -> usize {
+    core::mem::offset_of!(TaskStateSegment, interrupt_stacks) + 8 * (ist as usize - 1)
+}
+
 impl TaskStateSegment {
     pub(crate) const fn new() -> Self {
         Self {
@@ -94,6 +99,10 @@ pub(crate) fn load(block: &'static PerCpu, stacks: TrapStacks) {
         (*tss_pointer).interrupt_stacks[usize::from(BREAKPOINT_IST) - 1] = stacks.breakpoint;
         (*tss_pointer).interrupt_stacks[usize::from(DEBUG_IST) - 1] = stacks.debug;
     }
+    block.breakpoint_stack_floor.store(
+        stacks.breakpoint_floor,
+        core::sync::atomic::Ordering::Relaxed,
+    );
 
     let tss_base = tss_pointer as u64;
     let tss_limit = (size_of::<TaskStateSegment>() - 1) as u64;

@@ -25,7 +25,7 @@
 //! the workload's size and start, the intruder, and deliberate panics or hangs.
 //!
 //! On the host the crate builds as a stub binary: only the hardware-independent
-//! modules (`acpi`, `cmdline`, `echo`, `heap`'s free list, `ipc`'s queue and rights,
+//! modules (`acpi`, `cmdline`, `heap`'s free list, `ipc`'s queue and rights,
 //! `marker`, `vm`, `workload_plan`) are compiled, for their unit tests.
 //!
 //! # Invariants
@@ -47,7 +47,6 @@ extern crate alloc;
 
 mod acpi;
 mod cmdline;
-mod echo;
 mod heap;
 mod ipc;
 mod marker;
@@ -56,6 +55,8 @@ mod workload_plan;
 
 #[cfg(target_os = "none")]
 mod apic;
+#[cfg(target_os = "none")]
+mod bench;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
@@ -74,6 +75,8 @@ mod percpu;
 mod pic;
 #[cfg(target_os = "none")]
 mod pit;
+#[cfg(target_os = "none")]
+mod probe_platform;
 #[cfg(target_os = "none")]
 mod probe_port;
 #[cfg(target_os = "none")]
@@ -117,8 +120,8 @@ mod kernel {
     use crate::serial::COM2_BASE;
     use crate::traps::COM2_VECTOR;
     use crate::{
-        apic, cpu, gdt, heap, ioapic, pic, relay, sched, selftest, smp, start_info, supervisor,
-        time, traps, verdict,
+        apic, boot, cpu, gdt, heap, ioapic, pic, probe_platform, relay, sched, selftest, smp,
+        start_info, supervisor, time, traps, verdict,
     };
 
     /// COM2's ISA interrupt line.
@@ -142,6 +145,7 @@ mod kernel {
 
         let boot_info = start_info::read(start_info_address)
             .unwrap_or_else(|reason| verdict::fail(format_args!("{reason}")));
+        boot::unmap_page_zero();
         println!("boot: command line {:?}", boot_info.cmdline());
         let options = Options::parse(boot_info.cmdline(), |word| {
             println!("boot: ignoring unknown command-line word {word:?}");
@@ -171,6 +175,20 @@ mod kernel {
             Err(reason) => verdict::fail(format_args!("single-step round trip: {reason}")),
         }
 
+        probe_platform::init();
+        let forbidden = probe_platform::forbidden_range();
+        let text = probe_platform::text_range();
+        println!(
+            "probe-stub: embedded; #BP hook installed, text {:#x}..{:#x}, forbidden {:#x}..{:#x} ({} bytes), {} out-of-line slots, {} markers",
+            text.start,
+            text.end,
+            forbidden.start,
+            forbidden.end,
+            forbidden.end - forbidden.start,
+            probe_platform::probe_slots::SIZE / kernel_stub::arch::SLOT_SIZE - 1,
+            kernel_stub::Platform::markers(probe_platform::STUB.platform()).len(),
+        );
+
         let apic_base = apic::init_bsp();
         let bsp_apic_id = apic::id();
         bsp.apic_id.store(bsp_apic_id, Ordering::Relaxed);
@@ -184,6 +202,16 @@ mod kernel {
             } else {
                 "PIT did not answer: fixed QEMU value"
             },
+        );
+        let (tsc_hz, tsc_calibrated) = time::calibrate_clock();
+        println!(
+            "time: TSC at {} MHz ({}), the probe stub's nanosecond clock",
+            tsc_hz / 1_000_000,
+            if tsc_calibrated {
+                "calibrated against the PIT"
+            } else {
+                "PIT did not answer: assumed"
+            }
         );
         apic::start_timer();
         cpu::enable_interrupts();
@@ -307,7 +335,9 @@ mod kernel {
     impl PhysicalMemory for IdentityMappedMemory {
         fn read(&self, address: u64, length: usize) -> Option<&[u8]> {
             let end = address.checked_add(length as u64)?;
-            if address == 0 || end > 1 << 32 {
+            // Page 0 is not mapped (`boot.rs`): the EBDA pointer at 0x40e is out
+            // of reach, and the RSDP scan falls back to the BIOS area.
+            if address < 0x1000 || end > 1 << 32 {
                 return None;
             }
             // SAFETY: the range is inside the identity map and non-null; the callers

@@ -9,13 +9,15 @@
 //! trace_marker!("ipc:send", port: U32 = port.0, id: U32 = message.id, size: U32 = message.size);
 //! ```
 //!
-//! The syntax is exactly that of `kernel_stub::marker!` (types `U8`, `U16`, `U32`,
-//! `U64`, `I8`, `I16`, `I32`, `I64`, `Bool`, `Pointer`, `String`). Until the stub is
-//! embedded the macro expands to nothing: no code, and **no argument is evaluated**,
-//! so a marker costs nothing and its expressions must not carry side effects the
-//! kernel relies on. It does check the argument types' spelling, so a typo fails the
-//! build now rather than at integration. Integration point: make the macro expand to
-//! `kernel_stub::marker!($($tokens)*)`.
+//! The macro is `kernel_stub::marker!` under the kernel's own name: a `static`
+//! marker site in the `probeport_markers` section (which `kernel.ld` keeps, between
+//! `__start_probeport_markers` and `__stop_probeport_markers`, for the platform's
+//! marker table) and a test of its enable flag. Types are `U8`, `U16`, `U32`, `U64`,
+//! `I8`, `I16`, `I32`, `I64`, `Bool`, `Pointer`, `String`. Disabled (no probe armed
+//! on it, or the session not started) a marker costs one load and a branch not
+//! taken, and **no argument is evaluated**, so its expressions must not carry side
+//! effects the kernel relies on. Enabled, it evaluates its arguments and runs the
+//! probe's handler through the stub.
 //!
 //! The kernel's marker sites (names, arguments, where they fire):
 //!
@@ -27,22 +29,11 @@
 //! | `sched:switch` | `prev: U32, next: U32, cpu: U32`                | any context switch     |
 //! | `sys:enter`    | `number: U32, arg0: U64, arg1: U64, tid: U32`   | any syscall-like call  |
 
-/// A static marker site (see the module docs): expands to nothing for now.
+/// A static marker site (see the module docs): `kernel_stub::marker!`.
 macro_rules! trace_marker {
-    ($name:literal $(, $argument:ident : $kind:ident = $value:expr)* $(,)?) => {
-        $( $crate::marker::trace_marker!(@kind $kind); )*
+    ($($tokens:tt)*) => {
+        ::kernel_stub::marker!($($tokens)*)
     };
-    (@kind U8) => {};
-    (@kind U16) => {};
-    (@kind U32) => {};
-    (@kind U64) => {};
-    (@kind I8) => {};
-    (@kind I16) => {};
-    (@kind I32) => {};
-    (@kind I64) => {};
-    (@kind Bool) => {};
-    (@kind Pointer) => {};
-    (@kind String) => {};
 }
 
 pub(crate) use trace_marker;

@@ -15,12 +15,11 @@
 //! right table: anything but a send right *to the probe port* (no such name, a
 //! receive right, a send right to another port) is refused with [`NotPrivileged`],
 //! and the kernel prints `probe-port: refused unprivileged thread <tid> (<name>):
-//! <reason>`. An accepted request goes to the stub; until the stub is embedded it goes
-//! to a placeholder that answers [`UNAVAILABLE`] and nothing else (no fake success).
-//!
-//! The shape follows the stub's byte-level entry point, `Stub::serve_bytes(input,
-//! write)`: request bytes in, reply bytes out through a callback, so the relay writes
-//! them straight to COM2.
+//! <reason>`. The caller still gets an answer on the wire: every request frame it
+//! sent is answered `NOT_PRIVILEGED` by the stub (`Stub::refuse_unprivileged`),
+//! which touches nothing else. An accepted submit goes to the stub's byte-level
+//! server, `Stub::serve_bytes(input, write)`: request frames in, reply, event and
+//! loss frames out through the callback, so the relay writes them straight to COM2.
 //!
 //! # Invariants
 //!
@@ -30,12 +29,16 @@
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use probe_port_protocol::frame::{FrameDecoder, encode_message};
+
 use crate::console::println;
 use crate::ipc::{self, IpcError, PortId, RightKind, RightName};
+use crate::probe_platform::STUB;
 use crate::sched::{self, Thread};
 
-/// What the placeholder stub answers to every accepted request.
-pub(crate) const UNAVAILABLE: &[u8] = b"probeport: stub unavailable\n";
+/// Largest request frame payload a refused caller gets an answer to (refusals are
+/// decoded on the caller's stack).
+const REFUSED_PAYLOAD: usize = 256;
 
 /// The probe port's id, `u32::MAX` until [`create`].
 static PORT: AtomicU32 = AtomicU32::new(u32::MAX);
@@ -112,10 +115,12 @@ pub(crate) fn grant_relay_right(relay: &Thread) -> Result<RightName, IpcError> {
     ipc::grant(relay, port, RightKind::Send)
 }
 
-/// Hands `request` to the stub on behalf of the calling thread, which names its send
-/// right to the probe port with `right`; the stub's reply bytes go to `reply`. Returns
-/// how many reply bytes were written. Refuses (and reports on the console) a caller
-/// without that right.
+/// Hands `request` (bytes of the wire: frames, possibly partial) to the stub on
+/// behalf of the calling thread, which names its send right to the probe port with
+/// `right`; the stub's bytes (replies, then pending events and loss reports) go to
+/// `reply`. Returns how many bytes were written. Refuses (and reports on the
+/// console) a caller without that right, whose request frames are each answered
+/// `NOT_PRIVILEGED` through `reply`.
 #[inline(never)]
 pub(crate) fn submit(
     right: RightName,
@@ -140,17 +145,32 @@ pub(crate) fn submit(
             caller.id,
             caller.name()
         );
+        refuse_frames(request, reply);
         return Err(refusal);
     }
     ACCEPTED.fetch_add(1, Ordering::Relaxed);
-    // Integration point: hand the bytes to the embedded stub instead, e.g.
-    //     STUB.serve_bytes(request, &mut counting(reply))
-    // (`kernel_stub::Stub::serve_bytes(input, write)`).
-    Ok(stub_unavailable(request, reply))
+    let mut written = 0;
+    STUB.serve_bytes(request, &mut |bytes| {
+        written += bytes.len();
+        reply(bytes);
+    });
+    Ok(written)
 }
 
-/// The placeholder for the stub: every request gets [`UNAVAILABLE`].
-fn stub_unavailable(_request: &[u8], reply: &mut dyn FnMut(&[u8])) -> usize {
-    reply(UNAVAILABLE);
-    UNAVAILABLE.len()
+/// Answers every request frame in `request` with `NOT_PRIVILEGED`.
+fn refuse_frames(request: &[u8], reply: &mut dyn FnMut(&[u8])) {
+    let mut decoder = FrameDecoder::<{ REFUSED_PAYLOAD + 4 }>::new();
+    let mut input = request;
+    while !input.is_empty() {
+        let Some(Ok(payload)) = decoder.feed(&mut input) else {
+            continue;
+        };
+        STUB.refuse_unprivileged(payload, &mut |message| {
+            let mut scratch = [0u8; 64];
+            let mut frame = [0u8; 80];
+            if let Ok(length) = encode_message(message, &mut scratch, &mut frame) {
+                reply(&frame[..length]);
+            }
+        });
+    }
 }

@@ -4,29 +4,40 @@
 //!
 //! The relay is the only thread that holds a send right to the probe port
 //! (`probe_port.rs`); a client on the host reaches the stub through it and through
-//! nothing else. It runs pinned to one CPU (the one COM2's interrupt is routed to),
-//! blocks until COM2 has bytes (`com2.rs`) and hands them on.
+//! nothing else. It runs pinned to one CPU (the one COM2's interrupt is routed to)
+//! and loops, once per timer tick at least:
 //!
-//! At start it proves its privilege through the real path: an empty request through
-//! `probe_port::submit`, which passes the rights check and today gets the
-//! placeholder's `unavailable` answer. Then it serves COM2 with the [`EchoSession`]
-//! (hello, one line, echo) and finishes, signalling [`FINISHED`].
+//! 1. it takes what COM2 received, waiting up to one tick for it (`com2.rs`);
+//! 2. it hands those bytes to the stub through `probe_port::submit`, which passes the
+//!    rights check and runs the stub's byte-level server: requests are handled, and
+//!    replies, then every pending event and loss report, are written to COM2 — so
+//!    the event rings are drained every tick even when the client sends nothing
+//!    (and sooner when probe context asks for it: `probe_platform::take_wake_request`);
+//! 3. it lets the stub check the port's lease (`Stub::poll`): a client that stops
+//!    talking for longer than the lease loses its session, every probe disarmed and
+//!    the kernel text restored, exactly as after `Goodbye`;
+//! 4. once a session has started (the client's `Start`), it opens the workload's
+//!    start gate (`workload::release`, a no-op unless `demo.wait_start` parked it).
 //!
-//! Integration point: replace the echo session by the stub's byte-level server, which
-//! is two lines in [`relay_main`]: drop `session`, and for every chunk call
-//! `probe_port::submit(right, input, &mut |output| com2.write(output))` in a loop that
-//! never finishes.
+//! A session that ends with the client's `Goodbye` signals [`FINISHED`]: the init
+//! thread ends the run with its verdict once the workload is done too. A session
+//! lost to its lease does not: the kernel runs on, and a new client may connect.
+//!
+//! # Invariants
+//!
+//! - Only the relay calls the stub's session side (`submit`, `poll`); probe context
+//!   never waits for it.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::com2::{self, Com2};
+use crate::com2::Com2;
 use crate::console::println;
-use crate::echo::{EchoSession, Progress};
 use crate::ipc::RightName;
+use crate::probe_platform::{self, STUB};
 use crate::sched::{self, Event, SpawnError, Thread, ThreadKind};
-use crate::{probe_port, verdict};
+use crate::{probe_port, time, verdict, workload};
 
-/// Signalled when the relay's session is over (today: after the echo).
+/// Signalled when the client ended its session with `Goodbye`.
 pub(crate) static FINISHED: Event = Event::new();
 
 /// The CPU the relay runs on (and COM2's interrupt goes to): the second CPU if there
@@ -59,43 +70,44 @@ fn relay_main(_: usize) {
         "relay: {me} on cpu {} owns COM2 and the probe port's send right (name {})",
         me.cpu, right.0
     );
-
-    let mut answer = [0u8; 64];
-    let mut answer_length = 0;
-    let submitted = probe_port::submit(right, &[], &mut |bytes| {
-        let end = (answer_length + bytes.len()).min(answer.len());
-        answer[answer_length..end].copy_from_slice(&bytes[..end - answer_length]);
-        answer_length = end;
-    });
-    match submitted {
-        Ok(_) if answer[..answer_length] == *probe_port::UNAVAILABLE => println!(
-            "probe-port: relay thread {} passed the rights check; stub not embedded yet (answer: unavailable)",
-            me.id
-        ),
-        Ok(length) => println!(
-            "probe-port: relay thread {} passed the rights check; the stub answered {length} bytes",
-            me.id
-        ),
-        Err(refusal) => verdict::fail(format_args!("relay refused by the probe port: {refusal}")),
+    // The real path, with nothing to say: proves the right before any client comes.
+    if let Err(refusal) = probe_port::submit(right, &[], &mut |_| {}) {
+        verdict::fail(format_args!("relay refused by the probe port: {refusal}"));
     }
+    println!(
+        "probe-port: relay thread {} passed the rights check; the stub serves COM2",
+        me.id
+    );
 
-    let mut session = EchoSession::new();
-    session.start(&mut |bytes| com2.write(bytes));
-    println!("com2: hello sent, waiting for a line from the host");
-    let mut buffer = [0u8; 64];
+    let mut buffer = [0u8; 512];
+    let mut was_open = false;
     loop {
-        let input = com2.read_available(&mut buffer);
-        match session.serve_bytes(input, &mut |bytes| com2.write(bytes)) {
-            Ok(Progress::Continue) => {}
-            Ok(Progress::Finished { echoed }) => {
-                println!(
-                    "com2: echoed a {echoed}-byte line back to the host ({} COM2 interrupts)",
-                    com2::INTERRUPTS.load(Ordering::Relaxed)
-                );
-                break;
-            }
-            Err(error) => verdict::fail(format_args!("COM2 echo: {error}")),
+        // A full ring asked for a drain: do not wait for input first.
+        let wait = if probe_platform::take_wake_request() {
+            0
+        } else {
+            1
+        };
+        let input = com2.read_within(&mut buffer, wait);
+        if let Err(refusal) = probe_port::submit(right, input, &mut |bytes| com2.write(bytes)) {
+            verdict::fail(format_args!("relay refused by the probe port: {refusal}"));
         }
+        let open = STUB.session_open();
+        if open && !was_open {
+            println!("probe-port: session opened");
+        }
+        if was_open && !open {
+            println!("probe-port: session ended by the client (goodbye); every probe disarmed");
+            FINISHED.signal();
+        }
+        if STUB.poll(time::now_ns()) {
+            println!(
+                "probe-port: lease expired, the port's holder is gone; every probe disarmed, text restored"
+            );
+        }
+        if STUB.session_started() {
+            workload::release();
+        }
+        was_open = STUB.session_open();
     }
-    FINISHED.signal();
 }

@@ -517,6 +517,25 @@ pub(crate) fn current_tid() -> u32 {
     percpu::current().current_thread.load(Ordering::Acquire)
 }
 
+/// Copies the current thread's name into `dst` (cut to fit) and returns its
+/// length; 0 before the scheduler runs here. For the probe stub's `task_name`
+/// helper: no lock, no panic. Not inlined, and not in the probe stub's forbidden
+/// text: it only runs inside handlers, so a probe on it is a re-entered hit
+/// (`probe_platform.rs`).
+#[inline(never)]
+pub(crate) fn copy_current_name(dst: &mut [u8]) -> usize {
+    let Some(thread) = (percpu::fast_thread_id() as usize)
+        .checked_sub(1)
+        .and_then(published)
+    else {
+        return 0;
+    };
+    let name = &thread.name[..usize::from(thread.name_length)];
+    let length = name.len().min(dst.len());
+    dst[..length].copy_from_slice(&name[..length]);
+    length
+}
+
 /// The thread running on this CPU. Panics before the scheduler runs here.
 pub(crate) fn current() -> &'static Thread {
     thread(current_tid())

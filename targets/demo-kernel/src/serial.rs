@@ -4,11 +4,11 @@
 //!
 //! The driver polls: transmit waits for the holding register to empty, receive
 //! checks the data-ready bit, so it works from any context, including a CPU with
-//! interrupts off. The console never enables UART interrupts. COM2 may
-//! ([`Uart::enable_receive_interrupt`]): the interrupt only says "data waits", and
-//! the relay thread still reads with [`Uart::try_read_byte`] (see `com2.rs`). No byte
-//! is lost while nobody reads: QEMU stops reading its backend while the 16-byte
-//! receive FIFO is full, and the sender just waits.
+//! interrupts off. The console never enables UART interrupts. COM2 does
+//! ([`Uart::init_without_fifos`]): the interrupt only says "data waits", and the
+//! relay thread still reads with [`Uart::try_read_byte`] (see `com2.rs`). No byte
+//! is lost while nobody reads: QEMU stops reading its backend while the UART's
+//! receive side is full, and the sender just waits.
 //!
 //! # Invariants
 //!
@@ -62,13 +62,21 @@ impl Uart {
         }
     }
 
-    /// Makes the UART raise its interrupt line while received data waits (IER bit 0),
-    /// with the receive FIFO's trigger level at one byte, and sets OUT2, which gates
-    /// the line on PC hardware.
-    pub(crate) fn enable_receive_interrupt(&mut self) {
-        // SAFETY: `self.base` is a UART this value owns.
+    /// 115200 baud, 8N1, FIFOs left off (16450 mode), and the interrupt line raised
+    /// while a received byte waits (IER bit 0, with OUT2, which gates the line on
+    /// PC hardware). For the probe port: the FIFO control register is never
+    /// written, because enabling the FIFOs clears the receive side, and a client
+    /// may have sent its first byte before the kernel got here. Without FIFOs the
+    /// UART holds one received byte and QEMU's chardev hands over the next only
+    /// once that one is read, so no byte is ever lost, however early it was sent.
+    pub(crate) fn init_without_fifos(&mut self) {
+        // SAFETY: `self.base` is a UART this value owns (see `new`).
         unsafe {
-            cpu::outb(self.base + FIFO_CONTROL, 0x01); // FIFOs stay on, 1-byte trigger
+            cpu::outb(self.base + INTERRUPT_ENABLE, 0x00);
+            cpu::outb(self.base + LINE_CONTROL, 0x80); // DLAB on: divisor follows
+            cpu::outb(self.base + DATA, 0x01); // divisor 1 = 115200 baud
+            cpu::outb(self.base + INTERRUPT_ENABLE, 0x00);
+            cpu::outb(self.base + LINE_CONTROL, 0x03); // 8N1, DLAB off
             cpu::outb(self.base + MODEM_CONTROL, 0x0b); // DTR, RTS, OUT2
             cpu::outb(self.base + INTERRUPT_ENABLE, 0x01); // received data available
         }

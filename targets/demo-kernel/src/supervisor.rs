@@ -19,11 +19,13 @@
 //! 5. waits for the workload, prints the ground-truth line
 //!    `workload: done rounds=… sends=… receives=… faults=… minor=… major=… syscalls=…
 //!    switches=… bytes=…` and checks it against the plan's totals;
-//! 6. passes at once with `demo.exit_when_done`; otherwise waits until the relay's
-//!    session is over as well (today: after the echo; with the stub: never, so the
-//!    kernel runs until the harness stops it), then passes.
+//! 6. passes at once with `demo.exit_when_done`; otherwise waits until the client
+//!    on the probe port has ended its session with `Goodbye` as well (a kernel that
+//!    nobody talks to runs until the harness stops it), then passes.
 //!
 //! With `demo.hang` it stops after step 4: the kernel runs on without a verdict.
+//! With `demo.bench` it runs the probe benchmark (`bench.rs`) after step 0 instead
+//! of everything else, and passes.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -32,7 +34,7 @@ use crate::console::println;
 use crate::ipc::{self, RIGHTS_PER_THREAD, RightKind, RightName};
 use crate::sched::{self, SpawnError, ThreadKind};
 use crate::sync::SpinLock;
-use crate::{cpu, probe_port, relay, time, verdict, workload, workload_plan};
+use crate::{bench, cpu, probe_port, relay, sched::Thread, time, verdict, workload, workload_plan};
 
 static OPTIONS: SpinLock<Option<Options>> = SpinLock::new(None);
 
@@ -47,6 +49,9 @@ fn init_main(_: usize) {
         .lock()
         .expect("the options are set before init runs");
     check_preemption();
+    if options.bench {
+        bench::run();
+    }
     let probe = probe_port::create()
         .unwrap_or_else(|error| verdict::fail(format_args!("probe port: {error}")));
     println!(
@@ -109,7 +114,9 @@ fn init_main(_: usize) {
         verdict::pass();
     }
     if !relay::FINISHED.is_signalled() {
-        println!("init: workload done; the kernel runs on while the relay serves COM2");
+        println!(
+            "init: workload done; the kernel runs on until the probe port's client says goodbye"
+        );
     }
     relay::FINISHED.wait();
     verdict::pass()
@@ -135,18 +142,81 @@ fn intruder_main(_: usize) {
     // local to a thread's table: no name of the intruder's reaches the relay's right.
     let attempts = [RightName(0), RightName(RIGHTS_PER_THREAD as u32 - 1)];
     let mut refused = 0;
-    for right in attempts {
-        match probe_port::submit(right, b"arm probe", &mut |_| {}) {
-            Err(_) => refused += 1,
-            Ok(_) => verdict::fail(format_args!(
+    for (seq, right) in (7..).zip(attempts) {
+        let mut answer = [0u8; 64];
+        let mut answer_length = 0;
+        let submitted = probe_port::submit(right, &intruder_request(seq), &mut |bytes| {
+            let end = (answer_length + bytes.len()).min(answer.len());
+            answer[answer_length..end].copy_from_slice(&bytes[..end - answer_length]);
+            answer_length = end;
+        });
+        if submitted.is_ok() {
+            verdict::fail(format_args!(
                 "{me} reached the probe port without its right"
-            )),
+            ));
         }
+        refused += 1;
+        report_refusal(me, seq, &answer[..answer_length]);
     }
     println!(
         "intruder: {refused} of {} attempts refused; the kernel carries on",
         attempts.len()
     );
+}
+
+/// A framed `Arm` request for a probe on `sys::dispatch`, as a client would send it.
+fn intruder_request(seq: u32) -> alloc::vec::Vec<u8> {
+    use probe_port_protocol::message::{ArmRequest, Request, RequestBody, Site};
+    let address = crate::sys::dispatch as *const () as u64;
+    // SAFETY: the first byte of a function of this kernel: mapped, readable text.
+    let expected = [unsafe { (address as *const u8).read_volatile() }];
+    let program = probe_port_protocol::isa::encode(
+        &probe_port_protocol::asm::assemble("mov64 r0, 0\nexit").unwrap_or_default(),
+    );
+    let request = Request {
+        seq,
+        body: RequestBody::Arm(ArmRequest {
+            site: Site::Dynamic {
+                address,
+                expected: &expected,
+            },
+            program: &program,
+        }),
+    };
+    let mut scratch = [0u8; 128];
+    let mut frame = [0u8; 160];
+    let length =
+        probe_port_protocol::frame::encode_message(&request, &mut scratch, &mut frame).unwrap_or(0);
+    frame[..length].to_vec()
+}
+
+/// Prints what the probe port answered to the intruder's request `seq`.
+fn report_refusal(me: &Thread, seq: u32, answer: &[u8]) {
+    use probe_port_protocol::error::ErrorCode;
+    use probe_port_protocol::frame::FrameDecoder;
+    use probe_port_protocol::message::{StubMessage, decode_stub_message};
+    let mut decoder = FrameDecoder::<128>::new();
+    let mut input = answer;
+    let reply = loop {
+        match decoder.feed(&mut input) {
+            Some(Ok(payload)) => break decode_stub_message(payload).ok(),
+            Some(Err(_)) => break None,
+            None if input.is_empty() => break None,
+            None => {}
+        }
+    };
+    match reply {
+        Some(StubMessage::Reply {
+            seq: replied,
+            reply: Err(error),
+        }) if replied == seq && error.code == ErrorCode::NOT_PRIVILEGED => println!(
+            "intruder: {me}: the probe port answered request {seq} with NOT_PRIVILEGED (code {})",
+            error.code.0
+        ),
+        other => verdict::fail(format_args!(
+            "{me}: the probe port did not answer NOT_PRIVILEGED to request {seq}: {other:?}"
+        )),
+    }
 }
 
 /// Set by the spinner thread of [`check_preemption`].

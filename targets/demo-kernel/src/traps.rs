@@ -34,11 +34,36 @@
 //!   this (`selftest.rs`). #DB gets its own stack so a debug exception raised while
 //!   the #BP hook runs does not overwrite the #BP frame.
 //!
-//! An IST stack is reused from its top on every entry, so the #BP and #DB paths must
-//! not nest on one CPU: the hooks run with interrupts off, and the stub refuses to
-//! probe itself and the trap path. The timer and the other interrupts stay on the
-//! interrupted thread's own stack, which is what lets the scheduler switch threads
-//! from inside the timer interrupt (`sched.rs`).
+//! The CPU starts an IST stack from the pointer in the TSS on every entry, so a #BP
+//! taken while a #BP handler runs would overwrite the outer frame. That can happen:
+//! the stub refuses to probe itself and the trap path, but a probe on something a
+//! handler calls (a helper of the kernel) is legal, and is caught by the stub's
+//! re-entry guard *after* the nested trap. So the #BP entry path (`trap_breakpoint`)
+//! moves this CPU's IST 2 pointer down by `BREAKPOINT_NESTING_SHIFT` while its
+//! handler runs and back up on exit: a nested #BP starts below everything the outer
+//! one can use. The #BP stack has room for three levels; a fourth (a bug: only the
+//! stub's own entry path could nest that deep, and it is never probed) is a fatal
+//! report instead of a silent overwrite. The timer and the other interrupts stay on
+//! the interrupted thread's own stack, which is what lets the scheduler switch
+//! threads from inside the timer interrupt (`sched.rs`).
+//!
+//! ## Faults the kernel expects: the exception table
+//!
+//! The probe stub reads kernel memory at addresses a handler chose (a NULL pointer,
+//! a wild one). Those reads go through one copy routine (`probe_platform.rs`) whose
+//! possibly-faulting instructions are listed, with a fix-up address each, in an
+//! exception table. A page fault (#PF) or general-protection fault (#GP, raised by
+//! non-canonical addresses) whose RIP is in the table resumes at the fix-up, which
+//! makes the routine return the faulting address: no report, no verdict. Any other
+//! #PF or #GP is fatal as before.
+//!
+//! ## The probe stub's text
+//!
+//! Everything on the way from a trap to the stub (the entry stubs, `trap_common`,
+//! `trap_breakpoint`, [`trap_dispatch`], the exception-table lookup, the hooks) lives
+//! in `.text.traps` or `.text.probeport_forbidden`, which `kernel.ld` gathers into
+//! the range the platform reports as forbidden: a breakpoint there would trap again
+//! before the stub's re-entry guard could see it.
 //!
 //! # Invariants
 //!
@@ -73,6 +98,10 @@ pub(crate) const PIC_VECTOR_BASE: u8 = 0x20;
 pub(crate) const TIMER_VECTOR: u8 = 0x40;
 /// Inter-processor interrupt: a thread of the receiving CPU became ready.
 pub(crate) const RESCHEDULE_VECTOR: u8 = 0x41;
+/// Inter-processor interrupt: kernel text changed; execute a serialising
+/// instruction and acknowledge (`probe_platform.rs`).
+pub(crate) const SERIALIZE_VECTOR: u8 = 0x42;
+const GENERAL_PROTECTION_VECTOR: u64 = 13;
 /// COM2 (ISA IRQ 3) through the IOAPIC.
 pub(crate) const COM2_VECTOR: u8 = 0x43;
 /// Local APIC spurious-interrupt vector.
@@ -140,6 +169,7 @@ impl HookSlot {
             .store(hook.map_or(0, |hook| hook as usize), Ordering::Release);
     }
 
+    #[unsafe(link_section = ".text.probeport_forbidden")]
     fn get(&self) -> Option<TrapHook> {
         match self.0.load(Ordering::Acquire) {
             0 => None,
@@ -241,9 +271,19 @@ pub(crate) fn load() {
     };
 }
 
-/// Called by `trap_common` for every vector, with interrupts off.
+/// Called by `trap_common` (and `trap_breakpoint`) for every vector, with
+/// interrupts off.
+#[unsafe(link_section = ".text.probeport_forbidden")]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector {
+        // A fault the kernel expects (a probe handler's read of a bad address):
+        // resume at the routine's fix-up.
+        PAGE_FAULT_VECTOR | GENERAL_PROTECTION_VECTOR => {
+            match crate::probe_platform::exception_fixup(frame.rip) {
+                Some(fixup) => frame.rip = fixup,
+                None => fatal(frame, "unexpected trap"),
+            }
+        }
         BREAKPOINT_VECTOR => run_hook(&BREAKPOINT_HOOK, frame, "int3 with no hook that claims it"),
         DEBUG_VECTOR => run_hook(
             &DEBUG_HOOK,
@@ -254,7 +294,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         // this handler returns, and an unacknowledged vector would block its CPU.
         vector if vector == u64::from(TIMER_VECTOR) => {
             apic::on_timer_interrupt();
+            crate::probe_platform::on_timer(frame);
             sched::on_tick();
+        }
+        vector if vector == u64::from(SERIALIZE_VECTOR) => {
+            crate::probe_platform::on_serialize_interrupt();
+            apic::end_of_interrupt();
         }
         vector if vector == u64::from(RESCHEDULE_VECTOR) => {
             apic::end_of_interrupt();
@@ -275,6 +320,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     }
 }
 
+#[unsafe(link_section = ".text.probeport_forbidden")]
 fn run_hook(slot: &HookSlot, frame: &mut TrapFrame, complaint: &str) {
     let disposition = slot
         .get()
@@ -285,6 +331,7 @@ fn run_hook(slot: &HookSlot, frame: &mut TrapFrame, complaint: &str) {
 }
 
 /// Reports a trap nobody handles and ends the run with `VERDICT: FAIL`.
+#[unsafe(link_section = ".text.probeport_forbidden")]
 fn fatal(frame: &TrapFrame, what: &str) -> ! {
     let cpu = percpu::current_index_if_installed();
     let name = exception_name(frame.vector);
@@ -308,6 +355,13 @@ fn fatal(frame: &TrapFrame, what: &str) -> ! {
         "{cpu_label}: {what}: vector {} ({name}) at rip {:#x}, error code {:#x}",
         frame.vector, frame.rip, frame.error_code
     ))
+}
+
+/// A #BP arrived while this CPU's #BP handlers were already nested as deep as the
+/// #BP stack allows (`trap_breakpoint`): report and fail rather than overwrite.
+#[unsafe(link_section = ".text.probeport_forbidden")]
+extern "C" fn breakpoints_nested_too_deep(frame: &mut TrapFrame) -> ! {
+    fatal(frame, "breakpoints nested deeper than the #BP stack allows")
 }
 
 /// "cpu N" or "cpu ?" before per-CPU setup.
@@ -387,9 +441,45 @@ trap_stubs:
     pushq $0
     .endif
     pushq $trap_vector
+    .if trap_vector == {breakpoint_vector}
+    jmp trap_breakpoint
+    .else
     jmp trap_common
+    .endif
     .set trap_vector, trap_vector + 1
     .endr
+
+    /* #BP: as trap_common, but the CPU's IST 2 pointer (in its TSS, reached through
+       GS) moves down while the handler runs, so a nested #BP starts below. */
+trap_breakpoint:
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    cld
+    movq %gs:{breakpoint_ist}, %rax
+    subq ${nesting_shift}, %rax
+    cmpq %gs:{breakpoint_floor}, %rax
+    jb 1f
+    movq %rax, %gs:{breakpoint_ist}
+    movq %rsp, %rdi
+    call {dispatch}
+    addq ${nesting_shift}, %gs:{breakpoint_ist}
+    jmp trap_return
+1:
+    movq %rsp, %rdi
+    call {too_deep}
 
 trap_common:
     pushq %rax
@@ -410,6 +500,7 @@ trap_common:
     cld
     movq %rsp, %rdi
     call {dispatch}
+trap_return:
     popq %r15
     popq %r14
     popq %r13
@@ -431,5 +522,10 @@ trap_common:
     "#,
     stub_size = const STUB_SIZE,
     dispatch = sym trap_dispatch,
+    too_deep = sym breakpoints_nested_too_deep,
+    breakpoint_vector = const BREAKPOINT_VECTOR,
+    breakpoint_ist = const crate::percpu::BREAKPOINT_IST_OFFSET,
+    breakpoint_floor = const crate::percpu::BREAKPOINT_FLOOR_OFFSET,
+    nesting_shift = const crate::percpu::BREAKPOINT_NESTING_SHIFT,
     options(att_syntax),
 );
