@@ -1,9 +1,26 @@
-//! The probeport client library: sessions on a probe port.
+//! The probeport client library: from a script and a kernel's debuginfo to a
+//! tracing session on its probe port.
 //!
-//! The command line (`probeport`) and the probe-script front end come with issue 4;
-//! what exists now is [`port::Port`], a session on a probe port over any byte
-//! stream, used by the end-to-end tests, and [`debuginfo::Kernel`], the kernel's
-//! ELF/DWARF indexed for resolving names, types, locations and lines.
+//! # Code map
+//!
+//! - [`debuginfo`]: the kernel's ELF/DWARF indexed (functions, variables and their
+//!   locations at an address, types, lines, symbols, the build-id check).
+//! - [`resolve`]: `lang::Resolver` over [`debuginfo::Kernel`] and the stub's marker
+//!   table: the bridge the compiler asks every kernel name through.
+//! - [`script`]: a script and its tapsets as the command line gives them, compiled
+//!   for `probeport check`.
+//! - [`port`]: a session on a probe port over any byte stream (sequence numbers,
+//!   one reply per request, events kept in order).
+//! - [`target`]: where the port is (`Target`): a Unix socket, a serial device, a
+//!   recorded session, the demo kernel under QEMU.
+//! - [`record`]: recording a session's messages and playing them back.
+//! - [`session`]: the session itself (handshake, build-id, markers, compile, maps,
+//!   arming, events, `end`, the loss and fault summary) and its text/JSON output.
 
 pub mod debuginfo;
 pub mod port;
+pub mod record;
+pub mod resolve;
+pub mod script;
+pub mod session;
+pub mod target;

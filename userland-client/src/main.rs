@@ -1,27 +1,49 @@
-//! The `probeport` command line.
+//! The `probeport` command line: `list` what a kernel offers to probe, `check` a
+//! script against its debuginfo, and `run` it on a kernel's probe port.
 //!
-//! Today it lists what a kernel's debuginfo offers to probe (`probeport list`); the
-//! script front end (`run`, `check`) arrives with the language.
+//! Exit status: 0 success; 1 an error (compile errors, a refused probe, a port or
+//! I/O failure, events unaccounted for), its cause printed on stderr; 2 bad usage.
 
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lang::CompileOptions;
 use userland_client::debuginfo::{Kernel, ListOptions, format_list};
+use userland_client::port::Port;
+use userland_client::record::Recorder;
+use userland_client::script;
+use userland_client::session::{self, Output, OutputFormat, SessionError, SessionOptions};
+use userland_client::target::{self, Link, Target};
 
 /// Where Debian's `gnumach-image-1.8-486-dbg` package puts its image.
 const GNUMACH_DEBUG_IMAGE: &str = "/boot/gnumach-1.8-486-dbg.gz";
+
+const AFTER_HELP: &str = "\
+Examples:
+  probeport run --demo -e 'probe kernel.function(\"demo_kernel::vm::fault\") { @faults[$address >> 12] = count(); }' -d 2
+  probeport run --demo trace.probe --format json -o trace.jsonl
+  probeport run --kernel vmlinux --port unix:/run/probeport.sock trace.probe
+  probeport run --kernel demo-kernel --port serial:/dev/ttyS1 --record session.rec trace.probe
+  probeport run --kernel demo-kernel --replay session.rec trace.probe
+  probeport check --kernel gnumach-dbg -e 'probe kernel.function(\"ipc_kmsg_get\") { printf(\"%d\\n\", $size); }' --dump
+  probeport list --kernel gnumach-dbg 'ipc_kmsg_*'
+
+Exit status: 0 success; 1 an error (compile errors, a refused probe, a port or I/O
+failure, events unaccounted for), the cause printed on stderr; 2 bad usage.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "probeport",
     version,
     about = "Dynamic tracing for kernels that cannot load modules",
-    after_help = "Examples:\n  \
-        probeport list --kernel gnumach-dbg 'ipc_kmsg_*'\n  \
-        probeport list --kernel target/x86_64-unknown-none/release/demo-kernel -v '*::port_send'\n\n\
-        Exit status: 0 success, 1 error (the cause is printed), 2 bad usage."
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,6 +65,100 @@ enum Command {
         #[arg(default_value = "*")]
         pattern: String,
     },
+    /// Compiles a script against a kernel's debuginfo without running it.
+    #[command(after_help = AFTER_HELP)]
+    Check {
+        #[command(flatten)]
+        script: ScriptArgs,
+        /// The kernel image with DWARF, or `gnumach-dbg`.
+        #[arg(long, short = 'k')]
+        kernel: String,
+        /// Prints every map, record format and site with its programs disassembled.
+        #[arg(long)]
+        dump: bool,
+    },
+    /// Runs a script on a kernel's probe port and prints what it traces.
+    #[command(after_help = AFTER_HELP)]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScriptArgs {
+    /// The script file.
+    #[arg(required_unless_present = "program", conflicts_with = "program")]
+    script: Option<PathBuf>,
+    /// The script, given on the command line.
+    #[arg(short = 'e', value_name = "PROGRAM")]
+    program: Option<String>,
+    /// A directory of tapsets (`*.probe`) to read besides the built-in ones.
+    #[arg(short = 'I', long = "tapsets", value_name = "DIR")]
+    tapset_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["port", "replay", "demo"]))]
+struct RunArgs {
+    #[command(flatten)]
+    script: ScriptArgs,
+    /// The kernel image with DWARF (`gnumach-dbg`: Debian's GNU Mach debug image);
+    /// with `--demo`, the demo kernel built for it by default.
+    #[arg(long, short = 'k')]
+    kernel: Option<String>,
+    /// An existing probe port: `unix:PATH` (a socket) or `serial:DEVICE`.
+    #[arg(long, value_name = "unix:PATH|serial:DEVICE")]
+    port: Option<String>,
+    /// Plays back a recorded session instead of connecting to a kernel.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Boots the demo kernel under QEMU and traces it.
+    #[arg(long)]
+    demo: bool,
+    /// Records the session's messages into FILE (for `--replay`).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Stops after this many seconds (else at `exit()` or Ctrl-C).
+    #[arg(short = 'd', long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Writes the output to FILE instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Text, as bpftrace prints it.
+    Text,
+    /// JSON lines: one object per record, map and summary.
+    Json,
+}
+
+/// An error with its exit status.
+struct Failure {
+    status: u8,
+    error: anyhow::Error,
+    /// Already shown (diagnostics): print nothing more than a one-line cause.
+    quiet: bool,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure {
+            status: 1,
+            error: error.into(),
+            quiet: false,
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        status: 2,
+        error: anyhow::anyhow!(message.into()),
+        quiet: false,
+    }
 }
 
 fn kernel_path(name: &str) -> anyhow::Result<PathBuf> {
@@ -58,27 +174,180 @@ fn kernel_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn open_kernel(name: &str) -> anyhow::Result<Kernel> {
+    let path = kernel_path(name)?;
+    Kernel::open(&path).with_context(|| format!("cannot read debuginfo from {}", path.display()))
+}
+
+fn load_script(args: &ScriptArgs) -> Result<lang::source::Sources, Failure> {
+    script::load(
+        args.script.as_deref(),
+        args.program.as_deref(),
+        &args.tapset_dirs,
+    )
+    .map_err(Failure::from)
+}
+
+fn list(kernel: &str, verbose: bool, pattern: &str) -> Result<(), Failure> {
+    let kernel = open_kernel(kernel)?;
+    let listing = format_list(&kernel, pattern, ListOptions { verbose });
+    if listing.trim().is_empty() {
+        return Err(anyhow::anyhow!("no function matches `{pattern}`").into());
+    }
+    print!("{listing}");
+    if !listing.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
+fn check(args: &ScriptArgs, kernel: &str, dump: bool) -> Result<(), Failure> {
+    let sources = load_script(args)?;
+    let kernel = open_kernel(kernel)?;
+    let checked = script::check(&kernel, &sources, &CompileOptions::default());
+    eprint!("{}", checked.rendered);
+    match checked.script {
+        Some(compiled) if !checked.failed => {
+            if dump {
+                print!("{}", script::dump(&compiled));
+            } else {
+                print!("{}", script::summary(&compiled));
+            }
+            Ok(())
+        }
+        _ => Err(Failure {
+            status: 1,
+            error: anyhow::anyhow!("the script has errors"),
+            quiet: true,
+        }),
+    }
+}
+
+fn run_script(args: &RunArgs) -> Result<(), Failure> {
+    let sources = load_script(&args.script)?;
+    let duration = match args.duration {
+        Some(seconds) if !(seconds.is_finite() && seconds > 0.0) => {
+            return Err(usage(format!(
+                "-d {seconds}: give a positive number of seconds"
+            )));
+        }
+        seconds => seconds.map(Duration::from_secs_f64),
+    };
+    let kernel_name = match (&args.kernel, args.demo) {
+        (Some(kernel), _) => kernel.clone(),
+        (None, true) => target::DemoKernel::build()
+            .context("cannot build the demo kernel")?
+            .display()
+            .to_string(),
+        (None, false) => return Err(usage("--kernel is needed (the image the kernel runs)")),
+    };
+    let kernel = open_kernel(&kernel_name)?;
+    let mut target: Box<dyn Target> = if args.demo {
+        let timeout = duration.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(120);
+        Box::new(target::DemoKernel::new(
+            kernel.path().to_path_buf(),
+            timeout,
+        ))
+    } else if let Some(replay) = &args.replay {
+        Box::new(target::Replayed {
+            path: replay.clone(),
+        })
+    } else {
+        let port = args.port.as_deref().unwrap_or_default();
+        match port.split_once(':') {
+            Some(("unix", path)) => Box::new(target::UnixSocket {
+                path: PathBuf::from(path),
+            }),
+            Some(("serial", path)) => Box::new(target::Serial {
+                path: PathBuf::from(path),
+            }),
+            _ => {
+                return Err(usage(format!(
+                    "--port {port}: give unix:PATH or serial:DEVICE"
+                )));
+            }
+        }
+    };
+    let link: Link = target
+        .connect()
+        .with_context(|| format!("cannot open the probe port of {}", target.describe()))?;
+    let link: Link = match &args.record {
+        Some(path) => Box::new(
+            Recorder::create(link, path)
+                .with_context(|| format!("cannot create the recording {}", path.display()))?,
+        ),
+        None => link,
+    };
+    let mut port = Port::new(link);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // A first Ctrl-C stops tracing cleanly (the `end` output still comes); a second
+    // one ends the process at once.
+    signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        1,
+        Arc::clone(&stop),
+    )?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+
+    let mut file_output;
+    let mut stdout_output;
+    let out: &mut dyn Write = match &args.output {
+        Some(path) => {
+            file_output = io::BufWriter::new(
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            );
+            &mut file_output
+        }
+        None => {
+            stdout_output = io::stdout().lock();
+            &mut stdout_output
+        }
+    };
+    let mut stderr = io::stderr().lock();
+    let mut output = Output {
+        out,
+        err: &mut stderr,
+        format: match args.format {
+            Format::Text => OutputFormat::Text,
+            Format::Json => OutputFormat::Json,
+        },
+    };
+    let options = SessionOptions {
+        duration,
+        format: output.format,
+        ..SessionOptions::default()
+    };
+    match session::run(&mut port, &kernel, &sources, &options, &mut output, &stop) {
+        Ok(summary) if summary.is_consistent() => Ok(()),
+        Ok(_) => Err(anyhow::anyhow!("some events are unaccounted for (see above)").into()),
+        Err(SessionError::Compile { rendered }) => {
+            eprint!("{rendered}");
+            Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!("the script has errors"),
+                quiet: true,
+            })
+        }
+        Err(error) => Err(anyhow::Error::new(error)
+            .context(format!("tracing {}", target.describe()))
+            .into()),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
         Command::List {
             kernel,
             verbose,
             pattern,
-        } => {
-            let path = kernel_path(&kernel)?;
-            let kernel = Kernel::open(&path)
-                .with_context(|| format!("cannot read debuginfo from {}", path.display()))?;
-            let listing = format_list(&kernel, &pattern, ListOptions { verbose });
-            anyhow::ensure!(
-                !listing.trim().is_empty(),
-                "no function matches `{pattern}`"
-            );
-            print!("{listing}");
-            if !listing.ends_with('\n') {
-                println!();
-            }
-            Ok(())
-        }
+        } => list(kernel, *verbose, pattern),
+        Command::Check {
+            script,
+            kernel,
+            dump,
+        } => check(script, kernel, *dump),
+        Command::Run(args) => run_script(args),
     }
 }
 
@@ -86,9 +355,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("probeport: {error:#}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            if failure.quiet {
+                eprintln!("probeport: {}", failure.error);
+            } else {
+                eprintln!("probeport: {:#}", failure.error);
+            }
+            ExitCode::from(failure.status)
         }
     }
 }

@@ -32,8 +32,9 @@ use probe_port_protocol::message::{
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// The byte stream failed.
+    /// (The cause is in the message, not a `source`, so that it is shown once.)
     #[error("probe port I/O: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// No reply arrived in time.
     #[error("no reply to request {seq} within {timeout:?}")]
     Timeout {
@@ -59,6 +60,12 @@ pub enum PortError {
     /// The stub refused the request.
     #[error("request refused: {0}")]
     Refused(String),
+}
+
+impl From<io::Error> for PortError {
+    fn from(error: io::Error) -> Self {
+        PortError::Io(error)
+    }
 }
 
 /// An event, owned.
@@ -144,6 +151,22 @@ impl<S> std::fmt::Debug for Port<S> {
 pub trait TimedRead: Read + Write {
     /// Sets how long a read may block (`None`: forever).
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// Whether the stream will carry nothing more unless the client sends a request:
+    /// a recorded session played back to its end. Live streams never are.
+    fn exhausted(&self) -> bool {
+        false
+    }
+}
+
+impl<T: TimedRead + ?Sized> TimedRead for Box<T> {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+
+    fn exhausted(&self) -> bool {
+        (**self).exhausted()
+    }
 }
 
 impl TimedRead for std::os::unix::net::UnixStream {
@@ -258,6 +281,11 @@ impl<S: TimedRead> Port<S> {
     }
 
     /// The underlying stream.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// The underlying stream, mutably.
     pub fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
     }
@@ -295,7 +323,11 @@ impl<S: TimedRead> Port<S> {
             Err(error)
                 if matches!(
                     error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    // A signal (Ctrl-C) interrupting the wait is not a failure:
+                    // the caller checks its stop flag and polls again.
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 Ok(())

@@ -189,12 +189,28 @@ fn rust_types_resolve() {
         .type_info(send.parameters[1].type_id.unwrap())
         .unwrap();
     assert_eq!(pointer.size, Some(8));
-    assert_eq!(
-        pointer.kind,
-        TypeKind::Pointer {
-            target: Some(message.id)
-        }
-    );
+    // rustc emits `Message` in every codegen unit that uses it: the pointer's target
+    // may be another unit's DIE than the one `type_by_name` picks, with the same
+    // definition.
+    let TypeKind::Pointer {
+        target: Some(target),
+    } = pointer.kind
+    else {
+        panic!("{pointer:?}")
+    };
+    let target = kernel.type_info(target).unwrap();
+    assert_eq!(target.name, message.name);
+    assert_eq!(target.size, message.size);
+    let TypeKind::Struct {
+        members: target_members,
+    } = &target.kind
+    else {
+        panic!("{target:?}")
+    };
+    let names = |members: &[userland_client::debuginfo::Member]| -> Vec<(Option<String>, u64)> {
+        members.iter().map(|m| (m.name.clone(), m.offset)).collect()
+    };
+    assert_eq!(names(target_members), names(members));
     let u64_type = kernel.type_by_name("u64").unwrap();
     assert_eq!(u64_type.size, Some(8));
     assert_eq!(u64_type.kind, TypeKind::Int { signed: false });

@@ -185,6 +185,10 @@ pub(crate) struct DieRef {
     pub(crate) offset: gimli::UnitOffset,
 }
 
+/// The symbols bounding the text a stub refuses to patch (see [`Kernel::forbidden_text`]).
+const FORBIDDEN_START: &str = "__probeport_forbidden_start";
+const FORBIDDEN_END: &str = "__probeport_forbidden_end";
+
 /// A kernel image with its symbols and DWARF, indexed.
 pub struct Kernel {
     path: PathBuf,
@@ -196,6 +200,10 @@ pub struct Kernel {
     frames: frames::FrameTable,
     index: index::Index,
     lines: lines::LineTable,
+    /// Executable sections' contents: (load address, bytes).
+    text: Vec<(u64, Vec<u8>)>,
+    /// `__probeport_forbidden_start..__probeport_forbidden_end`, if the image has them.
+    forbidden: Option<std::ops::Range<u64>>,
 }
 
 impl fmt::Debug for Kernel {
@@ -321,7 +329,28 @@ impl Kernel {
             });
         }
 
+        let text = file
+            .sections()
+            .filter(|section| section.kind() == object::SectionKind::Text)
+            .filter_map(|section| Some((section.address(), section.data().ok()?.to_vec())))
+            .collect();
+
+        let symbol_address = |wanted: &str| {
+            file.symbols()
+                .find(|symbol| symbol.name() == Ok(wanted))
+                .map(|symbol| symbol.address())
+        };
+        let forbidden = match (
+            symbol_address(FORBIDDEN_START),
+            symbol_address(FORBIDDEN_END),
+        ) {
+            (Some(start), Some(end)) if start < end => Some(start..end),
+            _ => None,
+        };
+
         let mut kernel = Kernel {
+            text,
+            forbidden,
             path,
             architecture,
             build_id,
@@ -335,6 +364,37 @@ impl Kernel {
         kernel.index = index::Index::build(&kernel)?;
         kernel.lines = lines::LineTable::build(&kernel)?;
         Ok(kernel)
+    }
+
+    /// The bytes of the image's executable sections at `address`: up to `len` bytes,
+    /// fewer at the end of a section; `None` outside every executable section.
+    pub fn code_bytes(&self, address: u64, len: usize) -> Option<&[u8]> {
+        self.text.iter().find_map(|(start, bytes)| {
+            let offset = usize::try_from(address.checked_sub(*start)?).ok()?;
+            (offset < bytes.len()).then(|| &bytes[offset..bytes.len().min(offset + len)])
+        })
+    }
+
+    /// The text the kernel's stub refuses to patch, when the image marks it with the
+    /// symbols `__probeport_forbidden_start` and `__probeport_forbidden_end` (the
+    /// convention of the demo kernel's linker script: the trap path, the stub and
+    /// the routines they call).
+    pub fn forbidden_text(&self) -> Option<std::ops::Range<u64>> {
+        self.forbidden.clone()
+    }
+
+    /// The contiguous code range of the out-of-line function copy containing
+    /// `address`, with the function's name: where instruction decoding must start
+    /// to find `address`'s instruction boundary.
+    pub fn code_range_at(&self, address: u64) -> Option<(String, std::ops::Range<u64>)> {
+        let (function, instance) = self.index.code_at(address)?;
+        let record = &self.index.functions[function];
+        let range = record.instances[instance]
+            .ranges
+            .iter()
+            .find(|range| range.contains(&address))?
+            .clone();
+        Some((record.name.clone(), range))
     }
 
     /// The image path.

@@ -17,6 +17,23 @@ use super::{DieRef, Kernel, Reader};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TypeId(pub(crate) DieRef);
 
+impl TypeId {
+    /// The id packed in 64 bits (unit index in the high 24 bits, offset in the unit
+    /// in the low 40), for handles such as `lang::resolver::TypeId`.
+    pub fn to_raw(self) -> u64 {
+        ((self.0.unit as u64) << 40) | (self.0.offset.0 as u64 & ((1 << 40) - 1))
+    }
+
+    /// The id [`TypeId::to_raw`] packed; `None` for a unit the image does not have.
+    pub fn from_raw(kernel: &Kernel, raw: u64) -> Option<TypeId> {
+        let unit = usize::try_from(raw >> 40).ok()?;
+        (unit < kernel.units.len()).then_some(TypeId(DieRef {
+            unit,
+            offset: gimli::UnitOffset((raw & ((1 << 40) - 1)) as usize),
+        }))
+    }
+}
+
 /// One type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Type {
@@ -161,6 +178,12 @@ impl Kernel {
             }
         }
         best
+    }
+
+    /// Every name [`Kernel::type_by_name`] knows (`struct x`, typedef names, Rust
+    /// paths), unsorted.
+    pub fn type_names(&self) -> impl Iterator<Item = &str> {
+        self.index.types_by_name.keys().map(String::as_str)
     }
 
     /// Resolves a [`TypeId`] to its [`Type`].

@@ -1,0 +1,108 @@
+//! A script as the command line gives it: a file or `-e PROGRAM`, with the tapsets
+//! (the built-in ones, then each `-I DIR`), compiled without a kernel connection for
+//! `probeport check`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use lang::compiled::{CompiledScript, describe};
+use lang::diagnostic::{Diagnostic, render};
+use lang::source::Sources;
+use lang::{CompileOptions, compile};
+
+use crate::debuginfo::Kernel;
+use crate::resolve::DwarfResolver;
+
+/// The name `-e PROGRAM` gets in diagnostics.
+pub const COMMAND_LINE: &str = "<command line>";
+
+/// The script (from `path`, or `program` given inline) and every tapset.
+pub fn load(
+    path: Option<&Path>,
+    program: Option<&str>,
+    tapset_dirs: &[PathBuf],
+) -> io::Result<Sources> {
+    let mut sources = Sources::new();
+    match (path, program) {
+        (_, Some(program)) => {
+            sources.add_script(COMMAND_LINE, program);
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot read {}: {error}", path.display()),
+                )
+            })?;
+            sources.add_script(path.display().to_string(), text);
+        }
+        (None, None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "give a script file or a program with -e",
+            ));
+        }
+    }
+    lang::tapset::add_builtin(&mut sources);
+    lang::tapset::add_search_path(&mut sources, tapset_dirs)?;
+    Ok(sources)
+}
+
+/// What `probeport check` found.
+#[derive(Debug)]
+pub struct Checked {
+    /// The compiled script, when there was no error.
+    pub script: Option<CompiledScript>,
+    /// Every diagnostic, rendered as rustc does (empty when there is none).
+    pub rendered: String,
+    /// Whether any diagnostic is an error.
+    pub failed: bool,
+}
+
+/// Compiles `sources` against `kernel`'s debuginfo alone (no markers: those come
+/// from a running kernel).
+pub fn check(kernel: &Kernel, sources: &Sources, options: &CompileOptions) -> Checked {
+    let resolver = DwarfResolver::new(kernel, Vec::new());
+    let (script, diagnostics) = compile(sources, &resolver, options);
+    Checked {
+        failed: diagnostics.iter().any(Diagnostic::is_error),
+        rendered: render(sources, &diagnostics),
+        script,
+    }
+}
+
+/// One line per probe and a total: what `probeport check` prints on success.
+pub fn summary(script: &CompiledScript) -> String {
+    let mut text = String::new();
+    for probe in &script.probes {
+        text.push_str(&format!(
+            "probe {}: {} site{}\n",
+            probe.name,
+            probe.attachments.len(),
+            if probe.attachments.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ));
+    }
+    let sites: usize = script
+        .probes
+        .iter()
+        .map(|probe| probe.attachments.len())
+        .sum();
+    text.push_str(&format!(
+        "ok: {} probes, {} sites, {} maps, {} records\n",
+        script.probes.len(),
+        sites,
+        script.maps.len(),
+        script.records.len()
+    ));
+    text
+}
+
+/// Everything compiled, for `--dump`: maps, records, host actions and each site
+/// with its programs disassembled.
+pub fn dump(script: &CompiledScript) -> String {
+    describe(script, true)
+}
