@@ -462,7 +462,13 @@ impl<'a> Compiler<'a> {
                     kind,
                     key_size,
                     value_size,
-                    max_entries: self.options.max_entries,
+                    // A map without keys holds one entry: reserving more would only
+                    // take map memory from the maps that have keys.
+                    max_entries: if key_types.is_empty() {
+                        1
+                    } else {
+                        self.options.max_entries
+                    },
                 },
                 name: map.name.clone(),
                 key,

@@ -250,7 +250,7 @@ impl DemoKernel {
             "demo_kernel::sched::Thread",
             56,
             vec![
-                member("tid", 0, u32_),
+                member("id", 0, u32_),
                 member("cpu", 4, u32_),
                 member("name", 8, name_array),
                 member("name_length", 24, u8_),

@@ -710,8 +710,9 @@ fn inline_functions_and_tapset_functions() {
             ),
         )
     };
-    assert_eq!(call(&mut machine, 0, 3, 1, 1), ["13 send write\n"]);
-    assert_eq!(call(&mut machine, 2, 3, 20, 0), ["25 touch read\n"]);
+    assert_eq!(call(&mut machine, 2, 3, 1, 1), ["13 send write\n"]);
+    assert_eq!(call(&mut machine, 4, 3, 20, 0), ["25 touch read\n"]);
+    assert_eq!(call(&mut machine, 1, 0, 0, 0), ["5 yield read\n"]);
     assert_eq!(call(&mut machine, 9, 0, 0, 0), ["5 unknown read\n"]);
 }
 

@@ -530,6 +530,9 @@ impl<S: TimedRead> Session<'_, '_, S> {
         for info in &mut script.maps {
             let old = info.spec.max_entries;
             let fitted = (u128::from(old) * u128::from(budget) / u128::from(total)).max(1) as u32;
+            if fitted >= old {
+                continue;
+            }
             info.spec.max_entries = fitted;
             writeln!(
                 self.output.err,

@@ -1,5 +1,5 @@
-map 0 @sends: key () 1 bytes, value Count 8 bytes, 4096 entries
-map 1 @receives: key () 1 bytes, value Count 8 bytes, 4096 entries
+map 0 @sends: key () 1 bytes, value Count 8 bytes, 1 entries
+map 1 @receives: key () 1 bytes, value Count 8 bytes, 1 entries
 map 2 @kinds: key (i64) 8 bytes, value Count 8 bytes, 4096 entries
 end: PrintMap(MapId(0))
 end: PrintMap(MapId(1))

@@ -1,4 +1,4 @@
-map 0 @x: key () 1 bytes, value Sum 8 bytes, 4096 entries
+map 0 @x: key () 1 bytes, value Sum 8 bytes, 1 entries
 end: PrintMap(MapId(0))
 probe kernel.function("demo_kernel::sys::dispatch")
   at demo_kernel::sys::dispatch: dynamic 0xffffffff80103000 expecting 55, 26 instructions

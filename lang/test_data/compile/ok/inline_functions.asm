@@ -1,8 +1,8 @@
-map 0 @x: key () 1 bytes, value Sum 8 bytes, 4096 entries
+map 0 @x: key () 1 bytes, value Sum 8 bytes, 1 entries
 record 0 (72 bytes): printf "{%s [0]}\n" [@8:string[64]]
 end: PrintMap(MapId(0))
 probe kernel.function("demo_kernel::sys::dispatch")
-  at demo_kernel::sys::dispatch: dynamic 0xffffffff80103000 expecting 55, 134 instructions
+  at demo_kernel::sys::dispatch: dynamic 0xffffffff80103000 expecting 55, 148 instructions
     mov64 r9, r1
     ldxdw r6, [r9+32]
     stxdw [r10-8], r6
@@ -51,52 +51,7 @@ L31:
     mov32 r6, r6
     stxdw [r10-8], r6
     ldxdw r6, [r10-8]
-    jne r6, 0, L57
-    stw [r10-16], 0x646e6573
-    stw [r10-12], 0
-    ldxdw r0, [r10-16]
-    stxdw [r10-80], r0
-    stdw [r10-72], 0
-    stdw [r10-64], 0
-    stdw [r10-56], 0
-    stdw [r10-48], 0
-    stdw [r10-40], 0
-    stdw [r10-32], 0
-    stdw [r10-24], 0
-    ja L111
-L57:
-    ldxdw r6, [r10-8]
-    jne r6, 1, L71
-    stw [r10-16], 0x65636572
-    stw [r10-12], 0x657669
-    ldxdw r0, [r10-16]
-    stxdw [r10-80], r0
-    stdw [r10-72], 0
-    stdw [r10-64], 0
-    stdw [r10-56], 0
-    stdw [r10-48], 0
-    stdw [r10-40], 0
-    stdw [r10-32], 0
-    stdw [r10-24], 0
-    ja L111
-L71:
-    ldxdw r6, [r10-8]
-    jne r6, 2, L85
-    stw [r10-16], 0x63756f74
-    stw [r10-12], 104
-    ldxdw r0, [r10-16]
-    stxdw [r10-80], r0
-    stdw [r10-72], 0
-    stdw [r10-64], 0
-    stdw [r10-56], 0
-    stdw [r10-48], 0
-    stdw [r10-40], 0
-    stdw [r10-32], 0
-    stdw [r10-24], 0
-    ja L111
-L85:
-    ldxdw r6, [r10-8]
-    jne r6, 3, L99
+    jne r6, 1, L57
     stw [r10-16], 0x6c656979
     stw [r10-12], 100
     ldxdw r0, [r10-16]
@@ -108,8 +63,68 @@ L85:
     stdw [r10-40], 0
     stdw [r10-32], 0
     stdw [r10-24], 0
-    ja L111
+    ja L125
+L57:
+    ldxdw r6, [r10-8]
+    jne r6, 2, L71
+    stw [r10-16], 0x646e6573
+    stw [r10-12], 0
+    ldxdw r0, [r10-16]
+    stxdw [r10-80], r0
+    stdw [r10-72], 0
+    stdw [r10-64], 0
+    stdw [r10-56], 0
+    stdw [r10-48], 0
+    stdw [r10-40], 0
+    stdw [r10-32], 0
+    stdw [r10-24], 0
+    ja L125
+L71:
+    ldxdw r6, [r10-8]
+    jne r6, 3, L85
+    stw [r10-16], 0x65636572
+    stw [r10-12], 0x657669
+    ldxdw r0, [r10-16]
+    stxdw [r10-80], r0
+    stdw [r10-72], 0
+    stdw [r10-64], 0
+    stdw [r10-56], 0
+    stdw [r10-48], 0
+    stdw [r10-40], 0
+    stdw [r10-32], 0
+    stdw [r10-24], 0
+    ja L125
+L85:
+    ldxdw r6, [r10-8]
+    jne r6, 4, L99
+    stw [r10-16], 0x63756f74
+    stw [r10-12], 104
+    ldxdw r0, [r10-16]
+    stxdw [r10-80], r0
+    stdw [r10-72], 0
+    stdw [r10-64], 0
+    stdw [r10-56], 0
+    stdw [r10-48], 0
+    stdw [r10-40], 0
+    stdw [r10-32], 0
+    stdw [r10-24], 0
+    ja L125
 L99:
+    ldxdw r6, [r10-8]
+    jne r6, 5, L113
+    stw [r10-16], 0x74746567
+    stw [r10-12], 25705
+    ldxdw r0, [r10-16]
+    stxdw [r10-80], r0
+    stdw [r10-72], 0
+    stdw [r10-64], 0
+    stdw [r10-56], 0
+    stdw [r10-48], 0
+    stdw [r10-40], 0
+    stdw [r10-32], 0
+    stdw [r10-24], 0
+    ja L125
+L113:
     stw [r10-16], 0x6e6b6e75
     stw [r10-12], 0x6e776f
     ldxdw r0, [r10-16]
@@ -121,8 +136,8 @@ L99:
     stdw [r10-40], 0
     stdw [r10-32], 0
     stdw [r10-24], 0
-    ja L111
-L111:
+    ja L125
+L125:
     stdw [r10-152], 0
     ldxdw r0, [r10-80]
     stxdw [r10-144], r0

@@ -1,9 +1,9 @@
 map 0 @start: key (u64) 8 bytes, value u64 8 bytes, 4096 entries
-map 1 @total: key () 1 bytes, value u64 8 bytes, 4096 entries
+map 1 @total: key () 1 bytes, value u64 8 bytes, 1 entries
 map 2 @names: key (u64) 8 bytes, value string[16] 16 bytes, 4096 entries
-map 3 @wait: key () 1 bytes, value Log2Hist 520 bytes, 4096 entries
+map 3 @wait: key () 1 bytes, value Log2Hist 520 bytes, 1 entries
 map 4 @wait_by_port: key (u64) 8 bytes, value LinearHist { min: 0, max: 1000, step: 100 } 96 bytes, 4096 entries
-map 5 @summary: key () 1 bytes, value Stats 32 bytes, 4096 entries
+map 5 @summary: key () 1 bytes, value Stats 32 bytes, 1 entries
 end: PrintMap(MapId(0))
 end: PrintMap(MapId(1))
 end: PrintMap(MapId(2))

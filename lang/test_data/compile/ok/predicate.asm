@@ -1,4 +1,4 @@
-map 0 @big: key () 1 bytes, value Count 8 bytes, 4096 entries
+map 0 @big: key () 1 bytes, value Count 8 bytes, 1 entries
 end: PrintMap(MapId(0))
 probe kernel.marker("ipc:send")
   at marker ipc:send: marker #0, 16 instructions
