@@ -5,6 +5,8 @@
 //!
 //! - [`debuginfo`]: the kernel's ELF/DWARF indexed (functions, variables and their
 //!   locations at an address, types, lines, symbols, the build-id check).
+//! - [`markers`]: the stub's static marker table read from the image (section
+//!   `probeport_markers`, decoded through DWARF), for compiling without a kernel.
 //! - [`resolve`]: `lang::Resolver` over [`debuginfo::Kernel`] and the stub's marker
 //!   table: the bridge the compiler asks every kernel name through.
 //! - [`script`]: a script and its tapsets as the command line gives them, compiled
@@ -18,6 +20,7 @@
 //!   arming, events, `end`, the loss and fault summary) and its text/JSON output.
 
 pub mod debuginfo;
+pub mod markers;
 pub mod port;
 pub mod record;
 pub mod resolve;

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lang::CompileOptions;
 use userland_client::debuginfo::{Kernel, ListOptions, format_list};
+use userland_client::markers;
 use userland_client::port::Port;
 use userland_client::record::Recorder;
 use userland_client::script;
@@ -65,7 +66,8 @@ enum Command {
         #[arg(default_value = "*")]
         pattern: String,
     },
-    /// Compiles a script against a kernel's debuginfo without running it.
+    /// Compiles a script against a kernel's debuginfo and the static markers its
+    /// image holds, without running it.
     #[command(after_help = AFTER_HELP)]
     Check {
         #[command(flatten)]
@@ -201,10 +203,17 @@ fn list(kernel: &str, verbose: bool, pattern: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The marker table of the image (`None` when it has no `probeport_markers`
+/// section); a table that cannot be read is an error.
+fn image_markers(kernel: &Kernel) -> anyhow::Result<Option<Vec<lang::resolver::Marker>>> {
+    Ok(markers::read_markers(kernel)?)
+}
+
 fn check(args: &ScriptArgs, kernel: &str, dump: bool) -> Result<(), Failure> {
     let sources = load_script(args)?;
     let kernel = open_kernel(kernel)?;
-    let checked = script::check(&kernel, &sources, &CompileOptions::default());
+    let markers = image_markers(&kernel)?.unwrap_or_default();
+    let checked = script::check(&kernel, markers, &sources, &CompileOptions::default());
     eprint!("{}", checked.rendered);
     match checked.script {
         Some(compiled) if !checked.failed => {
@@ -242,6 +251,26 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         (None, false) => return Err(usage("--kernel is needed (the image the kernel runs)")),
     };
     let kernel = open_kernel(&kernel_name)?;
+    // With the image's marker table, compile once before connecting (or booting the
+    // demo kernel), so a script with errors fails at once; the session compiles
+    // again against the running kernel's table, which must equal this one.
+    let image_markers = image_markers(&kernel)?;
+    if let Some(markers) = &image_markers {
+        let checked = script::check(
+            &kernel,
+            markers.clone(),
+            &sources,
+            &CompileOptions::default(),
+        );
+        if checked.failed {
+            eprint!("{}", checked.rendered);
+            return Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!("the script has errors"),
+                quiet: true,
+            });
+        }
+    }
     let mut target: Box<dyn Target> = if args.demo {
         let timeout = duration.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(120);
         Box::new(target::DemoKernel::new(
@@ -316,6 +345,7 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
     let options = SessionOptions {
         duration,
         format: output.format,
+        image_markers,
         ..SessionOptions::default()
     };
     match session::run(&mut port, &kernel, &sources, &options, &mut output, &stop) {

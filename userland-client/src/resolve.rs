@@ -23,7 +23,8 @@
 //! - forbidden text: an address between the image's `__probeport_forbidden_start`
 //!   and `__probeport_forbidden_end` symbols is refused before the stub is asked;
 //! - markers: the list given at construction (from `DescribeMarker` when connected;
-//!   none when only compiling).
+//!   read from the image's `probeport_markers` section by [`crate::markers`] when
+//!   only compiling).
 
 use std::sync::OnceLock;
 
@@ -58,8 +59,8 @@ impl std::fmt::Debug for DwarfResolver<'_> {
 }
 
 impl<'k> DwarfResolver<'k> {
-    /// A resolver over `kernel` with the markers a running kernel announced (empty
-    /// when not connected).
+    /// A resolver over `kernel` with the markers a running kernel announced (or, when
+    /// not connected, the table read from the image).
     pub fn new(kernel: &'k Kernel, markers: Vec<Marker>) -> Self {
         Self {
             kernel,

@@ -1,12 +1,14 @@
 //! A script as the command line gives it: a file or `-e PROGRAM`, with the tapsets
 //! (the built-in ones, then each `-I DIR`), compiled without a kernel connection for
-//! `probeport check`.
+//! `probeport check` (and by `probeport run` before it connects), against the
+//! image's debuginfo and the marker table read from the image ([`crate::markers`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use lang::compiled::{CompiledScript, describe};
 use lang::diagnostic::{Diagnostic, render};
+use lang::resolver::Marker;
 use lang::source::Sources;
 use lang::{CompileOptions, compile};
 
@@ -59,10 +61,15 @@ pub struct Checked {
     pub failed: bool,
 }
 
-/// Compiles `sources` against `kernel`'s debuginfo alone (no markers: those come
-/// from a running kernel).
-pub fn check(kernel: &Kernel, sources: &Sources, options: &CompileOptions) -> Checked {
-    let resolver = DwarfResolver::new(kernel, Vec::new());
+/// Compiles `sources` against `kernel`'s debuginfo and `markers` (the table read
+/// from the image with [`crate::markers::read_markers`], or none).
+pub fn check(
+    kernel: &Kernel,
+    markers: Vec<Marker>,
+    sources: &Sources,
+    options: &CompileOptions,
+) -> Checked {
+    let resolver = DwarfResolver::new(kernel, markers);
     let (script, diagnostics) = compile(sources, &resolver, options);
     Checked {
         failed: diagnostics.iter().any(Diagnostic::is_error),

@@ -66,6 +66,10 @@ pub struct SessionOptions {
     pub poll_interval: Duration,
     /// The client's name in `Hello`.
     pub client_name: String,
+    /// The marker table read from the image ([`crate::markers`]), when it has one:
+    /// the running kernel's table (which is what the script compiles against) must
+    /// equal it, or nothing is sent.
+    pub image_markers: Option<Vec<Marker>>,
 }
 
 impl Default for SessionOptions {
@@ -76,6 +80,7 @@ impl Default for SessionOptions {
             compile: CompileOptions::default(),
             poll_interval: Duration::from_millis(20),
             client_name: format!("probeport {}", env!("CARGO_PKG_VERSION")),
+            image_markers: None,
         }
     }
 }
@@ -101,6 +106,12 @@ pub enum SessionError {
     /// The stub refused some probes (one line each); nothing was started.
     #[error("the kernel refused {} probe site(s):\n{}", .0.len(), .0.join("\n"))]
     Refused(Vec<String>),
+    /// The running kernel's marker table is not the one its image holds.
+    #[error(
+        "the running kernel's marker table differs from the one in the image: {0}; \
+         nothing was armed (pass the image the kernel was booted from)"
+    )]
+    MarkerMismatch(String),
     /// The stub answered something the protocol does not allow there.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -308,6 +319,35 @@ struct Session<'a, 'w, S> {
     marker_sites: std::rc::Rc<Vec<(u64, String)>>,
 }
 
+/// How the running kernel's marker table (`running`) differs from the image's, or
+/// `None` when they are the same (names, argument names and types, order).
+fn marker_difference(image: &[Marker], running: &[Marker]) -> Option<String> {
+    let describe = |marker: &Marker| {
+        let args: Vec<String> = marker
+            .args
+            .iter()
+            .map(|arg| format!("{}: {:?}", arg.name, arg.ty))
+            .collect();
+        format!("{}({})", marker.name, args.join(", "))
+    };
+    for (position, (image, running)) in image.iter().zip(running).enumerate() {
+        if image != running {
+            return Some(format!(
+                "marker {position} is {} in the image but {} in the kernel",
+                describe(image),
+                describe(running)
+            ));
+        }
+    }
+    (image.len() != running.len()).then(|| {
+        format!(
+            "the image has {} markers, the kernel {}",
+            image.len(),
+            running.len()
+        )
+    })
+}
+
 /// `function+0xoff` for code, `marker NAME` for a marker's site (what `probefunc`
 /// holds at a marker).
 fn symbolize(kernel: &Kernel, markers: &[(u64, String)], address: u64) -> Option<String> {
@@ -379,6 +419,11 @@ impl<S: TimedRead> Session<'_, '_, S> {
 
         // The kernel's markers, then the script.
         let markers = self.markers()?;
+        if let Some(image_markers) = &options.image_markers
+            && let Some(difference) = marker_difference(image_markers, &markers)
+        {
+            return Err(SessionError::MarkerMismatch(difference));
+        }
         let resolver = DwarfResolver::new(self.kernel, markers);
         let mut compile_options = options.compile.clone();
         compile_options.max_insns = compile_options.max_insns.min(max_insns as usize);

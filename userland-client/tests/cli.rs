@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::fake_stub::{self, Emit, Model, Seen};
+use probe_port_protocol::message::ArgType;
 
 const FAULTS: &str = r#"probe kernel.function("demo_kernel::vm::fault") { @faults[$address >> 12] = count(); printf("fault at %x on cpu %u\n", $address, cpu); } probe end { printf("bye\n"); }"#;
 
@@ -89,6 +90,75 @@ fn check_dump_on_gnumach() {
     snapshot("check_dump_gnumach.stdout", &text(&output.stdout));
 }
 
+/// Every example compiles offline against the demo kernel's image: its marker table
+/// is read from the image (section `probeport_markers`), no kernel runs.
+#[test]
+fn check_compiles_every_example_against_the_demo_image() {
+    let examples = common::workspace().join("examples");
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "probe")
+        })
+        .collect();
+    scripts.sort();
+    assert_eq!(scripts.len(), 6, "{scripts:?}");
+    for script in &scripts {
+        let output = probeport(&["check", "--kernel", demo(), script.to_str().unwrap()]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            script.display(),
+            text(&output.stderr)
+        );
+        assert!(
+            text(&output.stdout).contains("ok: "),
+            "{}: {}",
+            script.display(),
+            text(&output.stdout)
+        );
+    }
+    // Markers and their typed arguments are checked, not only found.
+    let output = probeport(&[
+        "check",
+        "--kernel",
+        demo(),
+        "-e",
+        r#"probe kernel.marker("ipc:send") { @bytes[$port] = sum($size); }"#,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let output = probeport(&[
+        "check",
+        "--kernel",
+        demo(),
+        "-e",
+        r#"probe kernel.marker("ipc:send") { @bytes[$nonsense] = count(); }"#,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+}
+
+/// An image without a `probeport_markers` section (GNU Mach) has no markers offline.
+#[test]
+fn check_without_a_marker_section_finds_no_marker() {
+    common::gnumach();
+    let output = probeport(&[
+        "check",
+        "--kernel",
+        "gnumach-dbg",
+        "-e",
+        r#"probe kernel.marker("ipc:send") { @c = count(); }"#,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("error[E0402]: no marker matches `ipc:send`"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn usage_errors_exit_2() {
     for args in [
@@ -146,6 +216,48 @@ fn usage_errors_exit_2() {
     assert!(text(&output.stdout).contains("Exit status: 0 success; 1 an error"));
 }
 
+/// `run` compiles before it connects (a script with errors never reaches the port)
+/// and refuses a kernel whose marker table is not its image's.
+#[test]
+fn run_compiles_first_and_checks_the_marker_table() {
+    let output = probeport(&[
+        "run",
+        "--kernel",
+        demo(),
+        "--port",
+        "unix:/nonexistent",
+        "-e",
+        r#"probe kernel.marker("ipc:sendd") { @c = count(); }"#,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("error[E0402]"), "{stderr}");
+    assert!(!stderr.contains("nonexistent"), "{stderr}");
+
+    let mut model = faults_model();
+    model.markers.swap(0, 1);
+    let (socket, _directory, stub) = listen(model);
+    let output = probeport(&[
+        "run",
+        "--kernel",
+        demo(),
+        "--port",
+        &format!("unix:{}", socket.display()),
+        "-e",
+        FAULTS,
+        "-d",
+        "0.5",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("marker table differs from the one in the image: marker 0 is"),
+        "{stderr}"
+    );
+    let seen = stub.join().unwrap();
+    assert!(seen.armed.is_empty(), "{:?}", seen.armed);
+}
+
 /// A fake stub listening on a socket in a fresh directory; serves one session.
 fn listen(model: Model) -> (PathBuf, tempfile::TempDir, thread::JoinHandle<Seen>) {
     let directory = tempfile::tempdir().unwrap();
@@ -158,11 +270,30 @@ fn listen(model: Model) -> (PathBuf, tempfile::TempDir, thread::JoinHandle<Seen>
     (socket, directory, handle)
 }
 
+/// The demo image's marker table, as the fake stub announces it (`run` refuses a
+/// kernel whose table differs from its image's).
+fn image_markers() -> Vec<(String, Vec<(String, ArgType)>)> {
+    userland_client::markers::read_markers(common::demo_kernel())
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|marker| {
+            let args = marker
+                .args
+                .into_iter()
+                .map(|arg| (arg.name, arg.ty))
+                .collect();
+            (marker.name, args)
+        })
+        .collect()
+}
+
 fn faults_model() -> Model {
     let kernel = common::demo_kernel();
     let mut model = Model {
         build_id: kernel.build_id().unwrap().to_vec(),
         cpu_count: 2,
+        markers: image_markers(),
         ..Model::default()
     };
     model.emit = vec![
@@ -256,9 +387,12 @@ fn run_on_a_unix_socket_then_replay_the_recording() {
         r#"probe kernel.function("demo_kernel::vm::age") { @a = count(); }"#,
     ]);
     assert_eq!(output.status.code(), Some(1));
+    // Hello, one DescribeMarker per marker, then the first DefineMap.
+    let first_map = 2 + image_markers().len();
     assert!(
-        text(&output.stderr)
-            .contains("differs from the recording at request 3: recorded DefineMap"),
+        text(&output.stderr).contains(&format!(
+            "differs from the recording at request {first_map}: recorded DefineMap"
+        )),
         "{}",
         text(&output.stderr)
     );

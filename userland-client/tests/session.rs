@@ -37,6 +37,16 @@ struct Ran {
 }
 
 fn run_on<S: TimedRead>(port: &mut Port<S>, script: &str, format: OutputFormat) -> Ran {
+    run_with_image_markers(port, script, format, None)
+}
+
+/// [`run_on`] with the marker table the image is said to hold.
+fn run_with_image_markers<S: TimedRead>(
+    port: &mut Port<S>,
+    script: &str,
+    format: OutputFormat,
+    image_markers: Option<Vec<lang::resolver::Marker>>,
+) -> Ran {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut output = Output {
@@ -47,6 +57,7 @@ fn run_on<S: TimedRead>(port: &mut Port<S>, script: &str, format: OutputFormat) 
     let options = SessionOptions {
         format,
         duration: Some(std::time::Duration::from_secs(1)),
+        image_markers,
         ..SessionOptions::default()
     };
     let stop = AtomicBool::new(false);
@@ -272,6 +283,60 @@ fn build_id_mismatch_is_refused_before_anything_is_sent() {
         "{message}"
     );
     assert_eq!(seen.requests, ["Hello", "Goodbye"]);
+}
+
+/// The running kernel's table must be the image's: a different one (here the demo
+/// image's six markers against a kernel announcing one) is refused before arming.
+#[test]
+fn a_marker_table_unlike_the_images_is_refused() {
+    let image_markers = userland_client::markers::read_markers(common::demo_kernel())
+        .unwrap()
+        .unwrap();
+    let mut model = faults_model();
+    model.markers = vec![(
+        "ipc:send".to_string(),
+        vec![("port".to_string(), ArgType::U32)],
+    )];
+    let (client, stub) = fake_stub::spawn(model);
+    let ran = run_with_image_markers(
+        &mut Port::new(client),
+        FAULTS,
+        OutputFormat::Text,
+        Some(image_markers.clone()),
+    );
+    let seen = stub.join().unwrap();
+    let message = ran.result.unwrap_err().to_string();
+    assert!(
+        message.contains("marker table differs") && message.contains("marker 0 is"),
+        "{message}"
+    );
+    assert!(seen.armed.is_empty(), "{:?}", seen.armed);
+    assert_eq!(seen.requests.last().map(String::as_str), Some("Goodbye"));
+
+    // The same table as the image's is accepted.
+    let mut model = faults_model();
+    model.markers = image_markers
+        .iter()
+        .map(|marker| {
+            (
+                marker.name.clone(),
+                marker
+                    .args
+                    .iter()
+                    .map(|arg| (arg.name.clone(), arg.ty))
+                    .collect(),
+            )
+        })
+        .collect();
+    let (client, stub) = fake_stub::spawn(model);
+    let ran = run_with_image_markers(
+        &mut Port::new(client),
+        FAULTS,
+        OutputFormat::Text,
+        Some(image_markers),
+    );
+    stub.join().unwrap();
+    assert!(ran.result.is_ok(), "{:?}", ran.result.err());
 }
 
 #[test]

@@ -170,6 +170,14 @@ impl fmt::Display for Symbolized {
     }
 }
 
+/// An allocated, non-executable section's contents.
+#[derive(Debug)]
+struct LoadedSection {
+    name: String,
+    address: u64,
+    bytes: Vec<u8>,
+}
+
 /// One parsed compilation unit.
 #[derive(Debug)]
 pub(crate) struct UnitData {
@@ -202,6 +210,11 @@ pub struct Kernel {
     lines: lines::LineTable,
     /// Executable sections' contents: (load address, bytes).
     text: Vec<(u64, Vec<u8>)>,
+    /// Every other allocated section with contents in the file (`.rodata`,
+    /// `.data`, `probeport_markers`, ...): what the image holds before it runs.
+    data: Vec<LoadedSection>,
+    /// The byte order of the image.
+    endian: gimli::RunTimeEndian,
     /// `__probeport_forbidden_start..__probeport_forbidden_end`, if the image has them.
     forbidden: Option<std::ops::Range<u64>>,
 }
@@ -335,6 +348,27 @@ impl Kernel {
             .filter_map(|section| Some((section.address(), section.data().ok()?.to_vec())))
             .collect();
 
+        let data = file
+            .sections()
+            .filter(|section| {
+                section.kind() != object::SectionKind::Text
+                    && !section.kind().is_bss()
+                    && matches!(
+                        section.flags(),
+                        object::SectionFlags::Elf { sh_flags }
+                            if sh_flags & u64::from(object::elf::SHF_ALLOC) != 0
+                    )
+            })
+            .filter_map(|section| {
+                Some(LoadedSection {
+                    name: section.name().ok()?.to_owned(),
+                    address: section.address(),
+                    bytes: section.data().ok()?.to_vec(),
+                })
+            })
+            .filter(|section| !section.bytes.is_empty())
+            .collect();
+
         let symbol_address = |wanted: &str| {
             file.symbols()
                 .find(|symbol| symbol.name() == Ok(wanted))
@@ -350,6 +384,8 @@ impl Kernel {
 
         let mut kernel = Kernel {
             text,
+            data,
+            endian,
             forbidden,
             path,
             architecture,
@@ -373,6 +409,43 @@ impl Kernel {
             let offset = usize::try_from(address.checked_sub(*start)?).ok()?;
             (offset < bytes.len()).then(|| &bytes[offset..bytes.len().min(offset + len)])
         })
+    }
+
+    /// The contents of the allocated section `name` and its load address, as the
+    /// image holds them before the kernel runs; `None` when the image has no such
+    /// section with contents (or it is executable: see [`Kernel::code_bytes`]).
+    pub fn section_data(&self, name: &str) -> Option<(u64, &[u8])> {
+        self.data
+            .iter()
+            .find(|section| section.name == name)
+            .map(|section| (section.address, section.bytes.as_slice()))
+    }
+
+    /// `len` bytes of the image at link-time `address`, from any allocated section
+    /// with contents (code or data); `None` unless all of them lie in one section.
+    pub fn read_image(&self, address: u64, len: usize) -> Option<&[u8]> {
+        let within = |start: u64, bytes: &'_ [u8]| {
+            let offset = usize::try_from(address.checked_sub(start)?).ok()?;
+            let end = offset.checked_add(len)?;
+            (end <= bytes.len()).then_some((offset, end))
+        };
+        self.data
+            .iter()
+            .map(|section| (section.address, section.bytes.as_slice()))
+            .chain(
+                self.text
+                    .iter()
+                    .map(|(start, bytes)| (*start, bytes.as_slice())),
+            )
+            .find_map(|(start, bytes)| {
+                let (offset, end) = within(start, bytes)?;
+                Some(&bytes[offset..end])
+            })
+    }
+
+    /// Whether the image's multi-byte values are little-endian.
+    pub fn is_little_endian(&self) -> bool {
+        self.endian == gimli::RunTimeEndian::Little
     }
 
     /// The text the kernel's stub refuses to patch, when the image marks it with the
