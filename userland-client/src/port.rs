@@ -6,7 +6,7 @@
 //! socket to the Linux adapter) and speaks PROTOCOL.md over it: each request gets a
 //! fresh sequence number and [`Port::request`] waits for the one reply with that
 //! number. Events and lost-event reports that arrive meanwhile are kept, in arrival
-//! order, for [`Port::take_events`]; frames the decoder had to drop are counted, never
+//! order, for [`Port::take_unsolicited`]; frames the decoder had to drop are counted, never
 //! ignored silently.
 //!
 //! Replies borrow from the receive buffer on the wire side; here they are copied into

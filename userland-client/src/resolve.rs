@@ -18,7 +18,7 @@
 //!   `Memory { Register }` → `Memory`, `Computed`/`ComputedMemory` →
 //!   `Computed { in_memory }`, and anything naming a register the probe context
 //!   does not hold (DWARF numbers 16 and up) → `Unavailable` with the reason;
-//! - types: a [`debuginfo::TypeId`](crate::debuginfo::TypeId) packed in 64 bits;
+//! - types: a [`debuginfo::TypeId`] packed in 64 bits;
 //!   `void` (a pointer's or typedef's missing target) has its own id, [`VOID`];
 //! - forbidden text: an address between the image's `__probeport_forbidden_start`
 //!   and `__probeport_forbidden_end` symbols is refused before the stub is asked;
