@@ -192,15 +192,50 @@ fn load_script(args: &ScriptArgs) -> Result<lang::source::Sources, Failure> {
 
 fn list(kernel: &str, verbose: bool, pattern: &str) -> Result<(), Failure> {
     let kernel = open_kernel(kernel)?;
-    let listing = format_list(&kernel, pattern, ListOptions { verbose });
+    let mut listing = format_list(&kernel, pattern, ListOptions { verbose });
+    // Static markers the image declares, as `kernel.marker("name")` probe points.
+    for marker in markers::read(&kernel).map_err(anyhow::Error::from)? {
+        let marker = marker.marker;
+        if !userland_client::debuginfo::matches_pattern(pattern, &marker.name) {
+            continue;
+        }
+        let arguments: Vec<String> = marker
+            .args
+            .iter()
+            .map(|argument| format!("{} {}", arg_type_name(argument.ty), argument.name))
+            .collect();
+        listing.push_str(&format!(
+            "kernel.marker(\"{}\")({})\n",
+            marker.name,
+            arguments.join(", ")
+        ));
+    }
     if listing.trim().is_empty() {
-        return Err(anyhow::anyhow!("no function matches `{pattern}`").into());
+        return Err(anyhow::anyhow!("no function or marker matches `{pattern}`").into());
     }
     print!("{listing}");
     if !listing.ends_with('\n') {
         println!();
     }
     Ok(())
+}
+
+/// A marker argument's type as C spells it.
+fn arg_type_name(ty: probe_port_protocol::message::ArgType) -> &'static str {
+    use probe_port_protocol::message::ArgType;
+    match ty {
+        ArgType::U8 => "uint8_t",
+        ArgType::U16 => "uint16_t",
+        ArgType::U32 => "uint32_t",
+        ArgType::U64 => "uint64_t",
+        ArgType::I8 => "int8_t",
+        ArgType::I16 => "int16_t",
+        ArgType::I32 => "int32_t",
+        ArgType::I64 => "int64_t",
+        ArgType::Bool => "bool",
+        ArgType::Pointer => "void *",
+        ArgType::String => "char *",
+    }
 }
 
 /// The marker table of the image (`None` when it has no `probeport_markers`

@@ -473,3 +473,19 @@ fn run_on_a_serial_device() {
     assert_eq!(text(&output.stdout), FAULTS_OUTPUT);
     assert_eq!(stub.join().unwrap().requests.last().unwrap(), "Goodbye");
 }
+
+#[test]
+fn list_shows_markers_with_their_typed_arguments() {
+    let kernel = common::demo_kernel_path().to_str().unwrap().to_string();
+    let output = probeport(&["list", "--kernel", &kernel, "ipc:*"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "kernel.marker(\"ipc:receive\")(uint32_t port, uint32_t id, uint32_t size, uint32_t tid)\n\
+         kernel.marker(\"ipc:send\")(uint32_t port, uint32_t id, uint32_t size, uint32_t tid)\n"
+    );
+}
