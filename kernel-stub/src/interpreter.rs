@@ -6,6 +6,10 @@
 //! check its register numbers, then a single `match` on the opcode byte. Registers
 //! are a local array; the 512-byte stack is a zeroed local array of `run`, so a
 //! program sees a fresh stack on every probe hit and nothing outlives the call.
+//! [`run_on_stack`] runs on a stack buffer its caller keeps (the stub keeps one per
+//! CPU) and zeroes only the bytes the verifier says the program can touch, the
+//! `stack_depth` bytes below `r10`; an access below them traps as if it were
+//! outside the stack, so the program never sees what an earlier run left there.
 //!
 //! Memory is addressed as in every BPF executor: `r10` holds the real address just
 //! past the stack and `r1` the real address of the [`ProbeContext`]. Those numbers
@@ -321,6 +325,31 @@ pub fn run<H: Helpers + ?Sized>(
     run_traced(program, context, helpers, &mut NoTrace)
 }
 
+/// [`run`] on the caller's `stack`, of which only the top `stack_depth` bytes
+/// (those below `r10`; the whole stack if `stack_depth` is larger) are zeroed and
+/// addressable: give the verifier's
+/// [`stack_depth`](probe_port_protocol::verifier::VerifiedProgram::stack_depth) of
+/// the program. A load, store or helper buffer below that depth traps
+/// ([`TrapKind::OutOfBounds`], or a bad helper argument), so the bytes below are
+/// never seen, whatever they hold. The same result as [`run`] for any program that
+/// stays within `stack_depth`, without zeroing the whole stack on every run.
+pub fn run_on_stack<H: Helpers + ?Sized>(
+    program: &[Insn],
+    context: &ProbeContext,
+    helpers: &mut H,
+    stack: &mut [u8; STACK_SIZE],
+    stack_depth: usize,
+) -> Result<u64, Trap> {
+    let usable = &mut stack[STACK_SIZE - stack_depth.min(STACK_SIZE)..];
+    // Not even an empty `fill` for a program without stack: a zero-length memset
+    // can still cost (the host's AVX-512 memset does a masked store at the end of
+    // the buffer, a microcode assist when that crosses into the next page).
+    if !usable.is_empty() {
+        usable.fill(0);
+    }
+    execute(program, context, helpers, &mut NoTrace, usable)
+}
+
 /// The handler stack, aligned like a machine stack so aligned accesses stay aligned.
 #[repr(C, align(8))]
 struct StackMemory([u8; STACK_SIZE]);
@@ -401,22 +430,23 @@ mod code {
 }
 
 /// The memory a program can address, and where the program believes it lives.
-struct Memory<'c> {
-    stack: StackMemory,
-    /// The number in `r10` minus [`STACK_SIZE`]: the address of `stack`.
+struct Memory<'s, 'c> {
+    /// The addressable top of the stack: its last byte is just below `r10`.
+    stack: &'s mut [u8],
+    /// The number in `r10` minus the length of `stack`: the address of `stack`.
     stack_base: u64,
     context: &'c [u8; CONTEXT_SIZE],
     /// The number in `r1` at entry: the address of the context.
     context_base: u64,
 }
 
-impl Memory<'_> {
+impl Memory<'_, '_> {
     /// The `N` bytes at `address`, from the stack or the context.
     #[inline(always)]
     fn load<const N: usize>(&self, address: u64) -> Option<[u8; N]> {
         let offset = address.wrapping_sub(self.stack_base);
-        if offset <= (STACK_SIZE - N) as u64 {
-            return window(&self.stack.0, offset).copied();
+        if let Some(bytes) = window(self.stack, offset) {
+            return Some(*bytes);
         }
         let offset = address.wrapping_sub(self.context_base);
         if offset <= (CONTEXT_SIZE - N) as u64 {
@@ -428,13 +458,9 @@ impl Memory<'_> {
     /// Writes `bytes` at `address`, which must lie in the stack.
     #[inline(always)]
     fn store<const N: usize>(&mut self, address: u64, bytes: [u8; N]) -> Option<()> {
-        let offset = address.wrapping_sub(self.stack_base);
-        if offset <= (STACK_SIZE - N) as u64 {
-            let start = offset as usize;
-            *self.stack.0.get_mut(start..)?.first_chunk_mut::<N>()? = bytes;
-            return Some(());
-        }
-        None
+        let start = usize::try_from(address.wrapping_sub(self.stack_base)).ok()?;
+        *self.stack.get_mut(start..)?.first_chunk_mut::<N>()? = bytes;
+        Some(())
     }
 
     /// Why a store of `size` bytes at `address` failed.
@@ -451,11 +477,12 @@ impl Memory<'_> {
     }
 
     /// The stack bytes `address..address + size`, as an index range, if they are
-    /// all inside the stack and `size` is in `1..=STACK_SIZE`.
+    /// all inside the (addressable) stack and `size` is not 0.
     #[inline]
     fn stack_range(&self, address: u64, size: u64) -> Option<Range<usize>> {
         let offset = address.wrapping_sub(self.stack_base);
-        if size == 0 || size > STACK_SIZE as u64 || offset > STACK_SIZE as u64 - size {
+        let len = self.stack.len() as u64;
+        if size == 0 || size > len || offset > len - size {
             return None;
         }
         Some(offset as usize..(offset + size) as usize)
@@ -515,20 +542,34 @@ pub fn run_traced<H: Helpers + ?Sized, T: Tracer + ?Sized>(
     helpers: &mut H,
     tracer: &mut T,
 ) -> Result<u64, Trap> {
+    let mut stack = StackMemory([0; STACK_SIZE]);
+    execute(program, context, helpers, tracer, &mut stack.0)
+}
+
+/// The interpreter loop, on `stack`: the addressable top of the handler stack,
+/// already zeroed, its last byte just below `r10`.
+fn execute<H: Helpers + ?Sized, T: Tracer + ?Sized>(
+    program: &[Insn],
+    context: &ProbeContext,
+    helpers: &mut H,
+    tracer: &mut T,
+    stack: &mut [u8],
+) -> Result<u64, Trap> {
     let context_bytes = context.as_bytes();
+    let stack_base = stack.as_ptr().addr() as u64;
+    let stack_end = stack_base + stack.len() as u64;
     let mut memory = Memory {
-        stack: StackMemory([0; STACK_SIZE]),
-        stack_base: 0,
+        stack,
+        stack_base,
         context: context_bytes,
         context_base: context_bytes.as_ptr().addr() as u64,
     };
-    memory.stack_base = memory.stack.0.as_ptr().addr() as u64;
 
     // Sixteen registers so that any 4-bit register number indexes without a bounds
     // check; numbers above 10 trap before use.
     let mut reg = [0u64; 16];
     reg[1] = memory.context_base;
-    reg[FRAME_POINTER as usize] = memory.stack_base + STACK_SIZE as u64;
+    reg[FRAME_POINTER as usize] = stack_end;
 
     let mut pc = 0usize;
     loop {
@@ -867,7 +908,7 @@ const fn error(code: i64) -> u64 {
 /// The stack buffer of `size` bytes at `address` that a helper writes, as the
 /// pointer in `r1` and the size in `r2` give it.
 fn out_buffer<'m>(
-    memory: &'m mut Memory<'_>,
+    memory: &'m mut Memory<'_, '_>,
     helper: Helper,
     address: u64,
     size: u64,
@@ -881,7 +922,7 @@ fn out_buffer<'m>(
         return Err(bad(2, size));
     }
     let range = memory.stack_range(address, size).ok_or(bad(1, address))?;
-    memory.stack.0.get_mut(range).ok_or(bad(1, address))
+    memory.stack.get_mut(range).ok_or(bad(1, address))
 }
 
 /// The map named by `r1`, and its definition.
@@ -901,7 +942,7 @@ fn map_of<H: Helpers + ?Sized>(helpers: &H, r1: u64) -> Result<(MapId, MapSpec),
 fn call_helper<H: Helpers + ?Sized>(
     id: i32,
     reg: &[u64; 16],
-    memory: &mut Memory<'_>,
+    memory: &mut Memory<'_, '_>,
     helpers: &mut H,
 ) -> Result<u64, TrapKind> {
     let Some(helper) = u32::try_from(id).ok().and_then(Helper::from_id) else {
@@ -914,7 +955,7 @@ fn call_helper<H: Helpers + ?Sized>(
         value,
     };
     // The stack range of a key (at `r2`) or value (at `r3`) of `size` bytes.
-    let sized = |memory: &Memory<'_>, register: u8, size: u16| {
+    let sized = |memory: &Memory<'_, '_>, register: u8, size: u16| {
         let address = if register == 2 { r2 } else { r3 };
         memory
             .stack_range(address, size as u64)
@@ -985,7 +1026,7 @@ fn call_helper<H: Helpers + ?Sized>(
             if spec.is_aggregate() {
                 return Ok(error(helper_error::EINVAL));
             }
-            if map_lookup(helpers, map, &mut memory.stack.0, key, value) {
+            if map_lookup(helpers, map, memory.stack, key, value) {
                 0
             } else {
                 error(helper_error::ENOENT)
@@ -998,7 +1039,7 @@ fn call_helper<H: Helpers + ?Sized>(
             if spec.is_aggregate() {
                 return Ok(error(helper_error::EINVAL));
             }
-            let stack = &memory.stack.0;
+            let stack = &*memory.stack;
             let (Some(key), Some(value)) = (stack.get(key), stack.get(value)) else {
                 return Err(bad(2, r2));
             };
@@ -1013,7 +1054,7 @@ fn call_helper<H: Helpers + ?Sized>(
             if spec.is_aggregate() {
                 return Ok(error(helper_error::EINVAL));
             }
-            let key = memory.stack.0.get(key).ok_or(bad(2, r2))?;
+            let key = memory.stack.get(key).ok_or(bad(2, r2))?;
             if helpers.map_delete(map, key) {
                 0
             } else {
@@ -1026,7 +1067,7 @@ fn call_helper<H: Helpers + ?Sized>(
             if !matches!(spec.kind, MapKind::Aggregate(_)) {
                 return Ok(error(helper_error::EINVAL));
             }
-            let key = memory.stack.0.get(key).ok_or(bad(2, r2))?;
+            let key = memory.stack.get(key).ok_or(bad(2, r2))?;
             match helpers.aggregate(map, key, r3 as i64) {
                 Ok(()) => 0,
                 Err(Full) => error(helper_error::ENOSPC),
@@ -1055,7 +1096,7 @@ fn call_helper<H: Helpers + ?Sized>(
 fn map_lookup<H: Helpers + ?Sized>(
     helpers: &mut H,
     map: MapId,
-    stack: &mut [u8; STACK_SIZE],
+    stack: &mut [u8],
     key: Range<usize>,
     value: Range<usize>,
 ) -> bool {

@@ -192,6 +192,10 @@ impl MapStore {
     // Keys and buckets.
 
     fn key_equal(&self, at: usize, key: &[u8]) -> bool {
+        // The common key, one word (a CPU, a task, an address, a constant).
+        if let Ok(word) = <[u8; 8]>::try_from(key) {
+            return self.word(at).load(Ordering::Relaxed) == u64::from_le_bytes(word);
+        }
         key.chunks(8)
             .enumerate()
             .all(|(index, chunk)| self.word(at + index).load(Ordering::Relaxed) == pack(chunk))
@@ -616,12 +620,19 @@ fn pack(chunk: &[u8]) -> u64 {
 
 /// A cheap, well-mixed hash of a key (FNV-style over words, then a final mix).
 fn hash(key: &[u8]) -> u64 {
-    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
-    for chunk in key.chunks(8) {
-        state = (state ^ pack(chunk)).wrapping_mul(0x0000_0100_0000_01b3);
-        state ^= state >> 29;
-    }
-    state = state.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    const SEED: u64 = 0xcbf2_9ce4_8422_2325;
+    let step = |state: u64, word: u64| {
+        let state = (state ^ word).wrapping_mul(0x0000_0100_0000_01b3);
+        state ^ (state >> 29)
+    };
+    // One-word keys (the common case) skip the chunking; the result is the same.
+    let state = match <[u8; 8]>::try_from(key) {
+        Ok(word) => step(SEED, u64::from_le_bytes(word)),
+        Err(_) => key
+            .chunks(8)
+            .fold(SEED, |state, chunk| step(state, pack(chunk))),
+    };
+    let state = state.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     state ^ (state >> 32)
 }
 

@@ -75,6 +75,11 @@ pub(crate) struct ProbeData {
     pub(crate) entry_start: u32,
     /// Its length in slots.
     pub(crate) entry_len: u32,
+    /// Bytes of handler stack the handler may touch, as its verifier found
+    /// (`interpreter::run_on_stack` zeroes only those).
+    pub(crate) stack_depth: u16,
+    /// The same for the entry program.
+    pub(crate) entry_stack_depth: u16,
 }
 
 impl ProbeData {
@@ -87,6 +92,8 @@ impl ProbeData {
         program_len: 0,
         entry_start: 0,
         entry_len: 0,
+        stack_depth: 0,
+        entry_stack_depth: 0,
     };
 
     /// The arena range of the handler.

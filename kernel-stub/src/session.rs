@@ -878,10 +878,14 @@ impl<P: Platform> Stub<P> {
             return Err(refuse(ErrorCode::MALFORMED));
         }
         let mut scratch = VERIFIER.lock();
-        for (range, kind, entry) in [
+        let mut depths = [0u16; 2];
+        for ((range, kind, entry), depth) in [
             (start..start + program_len, ProgramKind::Probe, false),
             (start + program_len..start + total, ProgramKind::Entry, true),
-        ] {
+        ]
+        .into_iter()
+        .zip(&mut depths)
+        {
             if range.is_empty() {
                 continue;
             }
@@ -890,8 +894,11 @@ impl<P: Platform> Stub<P> {
             let insns = unsafe { self.programs.range(range) };
             let mut config = VerifierConfig::new(kind, &self.maps);
             config.max_insns = MAX_PROGRAM_INSNS;
-            if let Err(error) = verify(insns, &config, &mut scratch) {
-                return Err(rejected(error.index, error.rule, entry));
+            match verify(insns, &config, &mut scratch) {
+                Ok(verified) => {
+                    *depth = u16::try_from(verified.stack_depth()).unwrap_or(u16::MAX);
+                }
+                Err(error) => return Err(rejected(error.index, error.rule, entry)),
             }
         }
         Ok(ProbeData {
@@ -899,6 +906,8 @@ impl<P: Platform> Stub<P> {
             program_len: program_len as u32,
             entry_start: (start + program_len) as u32,
             entry_len: entry_len as u32,
+            stack_depth: depths[0],
+            entry_stack_depth: depths[1],
             ..ProbeData::default()
         })
     }

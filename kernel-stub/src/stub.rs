@@ -25,10 +25,11 @@
 //! until every CPU has been seen outside a handler, or has finished the handler it
 //! was in; after that no CPU can still use what was unpublished, and its memory
 //! (program, out-of-line slot, table entry) may be reused. Publication variables
-//! and the flag use sequentially consistent accesses, which is what makes the
-//! "either the CPU saw the removal or the session saw the CPU" argument hold; on
-//! x86 those loads are plain moves and the swap is the one locked instruction of a
-//! hit.
+//! and the setting of the flag use sequentially consistent accesses, which is what
+//! makes the "either the CPU saw the removal or the session saw the CPU" argument
+//! hold; on x86 those loads are plain moves and the swap is the one locked
+//! instruction of a hit. Leaving needs only release stores (the count of runs has
+//! one writer, its CPU), which on x86 are plain moves too.
 //!
 //! A breakpoint hit looks the address up in the site index: the return
 //! trampoline (one slot at the start of the out-of-line area) first, then the
@@ -65,6 +66,7 @@
 //!   ever did not, the stub returns [`TrapOutcome::NotMine`] so the kernel stops
 //!   loudly instead of running on with an unknown return address.
 
+use core::cell::Cell;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
@@ -75,14 +77,14 @@ use probe_port_protocol::maps::{MapId, MapSpec};
 use crate::arch::{self, StackAccess, TrapRegisters};
 use crate::interpreter::{self, EntrySaveError, Fault, Full, Helpers, TrapKind};
 use crate::limits::{MAX_CPUS, MAX_RECORD, MAX_STACK_TRACE, MAX_TIMERS};
-use crate::maps::MapStore;
+use crate::maps::{MapLayout, MapStore};
 use crate::markers::MarkerSink;
 use crate::platform::{MarkerSite, Platform};
 use crate::probes::{MARKER, ProbeData, ProbeSlot, ProbeTable, RETURN, SiteTable, TIMER};
 use crate::returns::{Activation, PendingReturns};
 use crate::ring::Ring;
 use crate::session::{Port, Session};
-use crate::sync::ProgramArena;
+use crate::sync::{HandlerStack, ProgramArena};
 
 /// What the stub did with a breakpoint trap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +114,8 @@ pub(crate) struct PerCpu {
     pub(crate) ring: Ring,
     /// When each timer probe is next due on this CPU (nanoseconds).
     pub(crate) timer_due: [AtomicU64; MAX_TIMERS],
+    /// The stack handlers run on (see `HandlerStack`).
+    stack: HandlerStack,
 }
 
 impl PerCpu {
@@ -127,6 +131,7 @@ impl PerCpu {
             next_seq: AtomicU64::new(0),
             ring: Ring::new(),
             timer_due: [const { AtomicU64::new(0) }; MAX_TIMERS],
+            stack: HandlerStack::new(),
         }
     }
 
@@ -264,8 +269,19 @@ impl<P: Platform> Stub<P> {
             return;
         }
         if let Some(percpu) = self.cpus.get(cpu) {
-            percpu.runs.fetch_add(1, Ordering::SeqCst);
-            percpu.in_handler.store(false, Ordering::SeqCst);
+            // Only this CPU writes its `runs` (with interrupts off, and a nested
+            // entry returns above), so a load and a store replace the locked
+            // read-modify-write. Release on both: whatever the handler read of
+            // the tables is ordered before a session that sees the new count or
+            // the cleared flag goes on to reuse memory. The session's side of the
+            // argument needs no more: its SeqCst fence and loads in
+            // `synchronize` come after it unpublished, and this CPU's SeqCst
+            // swap in `enter` orders its later lookups after its flag, so either
+            // the session sees the flag set (and waits for one of these stores)
+            // or this CPU's lookups see the removal.
+            let runs = percpu.runs.load(Ordering::Relaxed);
+            percpu.runs.store(runs.wrapping_add(1), Ordering::Release);
+            percpu.in_handler.store(false, Ordering::Release);
         }
     }
 
@@ -629,7 +645,9 @@ impl<P: Platform> Stub<P> {
         unsafe { self.programs.range(data.program()) }
     }
 
-    /// Runs one program and accounts for it.
+    /// Runs one program and accounts for it: the handler of `data`, or its entry
+    /// program when `entry_values` is given. Only from the non-nested entry that
+    /// holds `cpu`'s `in_handler` flag (every caller checks `nested` first).
     #[allow(
         clippy::too_many_arguments,
         reason = "one private call path; a struct would only rename the arguments"
@@ -650,8 +668,17 @@ impl<P: Platform> Stub<P> {
         };
         if count_hit {
             probe.counters.hits.fetch_add(1, Ordering::Relaxed);
-            percpu.hits.fetch_add(1, Ordering::Relaxed);
+            // The CPU's own count has one writer, this CPU's probe context (the
+            // session resets it only when quiescent): a load and a store, not a
+            // locked read-modify-write. Relaxed: readers only want a number.
+            let hits = percpu.hits.load(Ordering::Relaxed);
+            percpu.hits.store(hits.wrapping_add(1), Ordering::Relaxed);
         }
+        let stack_depth = if entry_values.is_some() {
+            data.entry_stack_depth
+        } else {
+            data.stack_depth
+        };
         let mut executor = Executor {
             stub: self,
             cpu,
@@ -659,8 +686,19 @@ impl<P: Platform> Stub<P> {
             probe_id: data.id,
             frame_pointer,
             entry_values,
+            last_map: Cell::new(None),
         };
-        if let Err(trap) = interpreter::run(program, context, &mut executor) {
+        // SAFETY: this is the non-nested entry holding `cpu`'s `in_handler` flag
+        // (see above), and the borrow ends with this run.
+        let stack = unsafe { percpu.stack.get() };
+        let result = interpreter::run_on_stack(
+            program,
+            context,
+            &mut executor,
+            stack,
+            usize::from(stack_depth),
+        );
+        if let Err(trap) = result {
             let address = match trap.kind {
                 TrapKind::OutOfBounds { address, .. } => Some(address),
                 _ => None,
@@ -762,9 +800,29 @@ struct Executor<'s, 'v, P: Platform> {
     frame_pointer: u64,
     /// The activation's entry slots, when running a return site's entry program.
     entry_values: Option<&'v mut [u64; ENTRY_SLOTS]>,
+    /// The map the run used last, with its directory slot and layout: every map
+    /// helper asks the interpreter's `map_spec` first and then does its work on
+    /// the same map, so this saves the second directory search of each call (and
+    /// every search after the first for a program using one map). Valid for the
+    /// whole run: a map's layout changes only after the session reaches
+    /// quiescence, which waits for this run.
+    last_map: Cell<Option<(MapId, usize, MapLayout)>>,
 }
 
 impl<P: Platform> Executor<'_, '_, P> {
+    /// The directory slot and layout of `map`, through [`Executor::last_map`].
+    #[inline]
+    fn find_map(&self, map: MapId) -> Option<(usize, MapLayout)> {
+        if let Some((last, slot, layout)) = self.last_map.get()
+            && last == map
+        {
+            return Some((slot, layout));
+        }
+        let (slot, layout) = self.stub.maps.find(map)?;
+        self.last_map.set(Some((map, slot, layout)));
+        Some((slot, layout))
+    }
+
     fn fault(&self, fault: Fault) -> Fault {
         self.stub
             .count_fault(self.cpu, self.probe, Some(fault.address));
@@ -842,19 +900,18 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
     }
 
     fn map_spec(&self, map: MapId) -> Option<MapSpec> {
-        self.stub.maps.find(map).map(|(_, layout)| layout.spec)
+        self.find_map(map).map(|(_, layout)| layout.spec)
     }
 
     fn map_lookup(&mut self, map: MapId, key: &[u8], value: &mut [u8]) -> bool {
-        let maps: &MapStore = &self.stub.maps;
-        maps.find(map)
-            .is_some_and(|(slot, layout)| maps.lookup(slot, &layout, key, value, self.cpu))
+        self.find_map(map).is_some_and(|(slot, layout)| {
+            self.stub.maps.lookup(slot, &layout, key, value, self.cpu)
+        })
     }
 
     fn map_update(&mut self, map: MapId, key: &[u8], value: &[u8]) -> Result<(), Full> {
-        let maps = &self.stub.maps;
-        let result = match maps.find(map) {
-            Some((slot, layout)) => maps.update(slot, &layout, key, value, self.cpu),
+        let result = match self.find_map(map) {
+            Some((slot, layout)) => self.stub.maps.update(slot, &layout, key, value, self.cpu),
             None => Err(Full),
         };
         if result.is_err() {
@@ -864,15 +921,16 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
     }
 
     fn map_delete(&mut self, map: MapId, key: &[u8]) -> bool {
-        let maps = &self.stub.maps;
-        maps.find(map)
-            .is_some_and(|(slot, layout)| maps.delete(slot, &layout, key, self.cpu))
+        self.find_map(map)
+            .is_some_and(|(slot, layout)| self.stub.maps.delete(slot, &layout, key, self.cpu))
     }
 
     fn aggregate(&mut self, map: MapId, key: &[u8], value: i64) -> Result<(), Full> {
-        let maps = &self.stub.maps;
-        let result = match maps.find(map) {
-            Some((slot, layout)) => maps.aggregate(slot, &layout, key, value, self.cpu),
+        let result = match self.find_map(map) {
+            Some((slot, layout)) => self
+                .stub
+                .maps
+                .aggregate(slot, &layout, key, value, self.cpu),
             None => Err(Full),
         };
         if result.is_err() {

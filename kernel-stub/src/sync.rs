@@ -9,7 +9,13 @@
 //! Before writing the record again the session *unpublishes* it and waits for
 //! quiescence (`Stub::synchronize`: every CPU seen outside a handler since), so no
 //! CPU still reads it. [`QuiescentCell`] and [`ProgramArena`] hold such records;
-//! they are the only `unsafe` of the stub, and their contracts are that protocol.
+//! with [`HandlerStack`] they are the only `unsafe` of the stub, and their
+//! contracts are that protocol.
+//!
+//! [`HandlerStack`] is a CPU's handler stack: the memory `interpreter::run_on_stack`
+//! runs a handler on, so that a hit zeroes only the bytes its program can touch.
+//! Only the probe-context entry that set the CPU's `in_handler` flag (not a nested
+//! one) uses it, for the runs of that entry, one after another.
 //!
 //! [`CpuLock`] is a spin lock that records its owner CPU. Probe context takes it
 //! with [`CpuLock::lock`], which refuses (returns `None`) instead of spinning when
@@ -22,14 +28,49 @@
 //! - A [`QuiescentCell`] or arena range is written only while unpublished and
 //!   quiescent, and read only while published (or by the session, its only writer).
 //! - A [`CpuLock`] owner is `cpu + 1`, 0 meaning free, so a fresh lock is all zero.
+//! - A [`HandlerStack`] is borrowed by at most one handler run at a time: the one
+//!   of the entry holding its CPU's `in_handler` flag.
 
 use core::cell::UnsafeCell;
 use core::ops::Range;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use probe_port_protocol::isa::Insn;
+use probe_port_protocol::isa::{Insn, STACK_SIZE};
 
 use crate::limits::PROGRAM_ARENA_SLOTS;
+
+/// One CPU's handler stack (aligned like a machine stack).
+#[repr(C, align(8))]
+pub(crate) struct HandlerStack(UnsafeCell<[u8; STACK_SIZE]>);
+
+// SAFETY: the stack is only ever borrowed by the one handler run that holds its
+// CPU's `in_handler` flag (see `HandlerStack::get`), so no two threads reach it at
+// once; its bytes are plain data.
+unsafe impl Sync for HandlerStack {}
+
+impl HandlerStack {
+    /// A zeroed stack.
+    pub(crate) const fn new() -> Self {
+        Self(UnsafeCell::new([0; STACK_SIZE]))
+    }
+
+    /// The stack, for one handler run.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the probe-context entry that set this stack's CPU's
+    /// `in_handler` flag (a swap from `false`), it still holds the flag, and it
+    /// drops the borrow before taking another or clearing the flag.
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "exclusive by the in_handler flag, as the safety contract says"
+    )]
+    pub(crate) unsafe fn get(&self) -> &mut [u8; STACK_SIZE] {
+        // SAFETY: the caller guarantees that no other borrow of the stack is live:
+        // any other entry on this CPU saw the flag set and runs no handler.
+        unsafe { &mut *self.0.get() }
+    }
+}
 
 /// A `Copy` record written by the session while unpublished and read by probe
 /// context while published (see the module documentation).

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use kernel_stub::interpreter::{
-    EntrySaveError, Fault, Full, Helpers, InstructionCounter, Trap, TrapKind, run, run_traced,
+    EntrySaveError, Fault, Full, Helpers, InstructionCounter, Trap, TrapKind, run, run_on_stack,
+    run_traced,
 };
 use probe_port_protocol::asm::assemble;
 use probe_port_protocol::context::{ENTRY_SLOTS, ProbeContext};
@@ -1501,4 +1502,95 @@ mod random_programs {
             prop_assert!(result.is_ok(), "{:?}", result);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Running on a caller's stack, zeroing only the verified depth
+// ---------------------------------------------------------------------------
+
+/// Runs `text` with `run_on_stack` on a stack full of stale 0xaa bytes.
+fn on_stale_stack(text: &str, depth: usize) -> (Result<u64, Trap>, Vec<u8>) {
+    let mut stack = [0xaau8; STACK_SIZE];
+    let result = run_on_stack(
+        &program(text),
+        &context(),
+        &mut TestHelpers::default(),
+        &mut stack,
+        depth,
+    );
+    (result, stack.to_vec())
+}
+
+const STACK_SIZE: usize = probe_port_protocol::isa::STACK_SIZE;
+
+#[test]
+fn run_on_stack_zeroes_the_used_depth_and_leaves_the_rest_unreachable() {
+    // Within the depth: a fresh, zeroed stack, and the same result as `run`.
+    let text = "ldxdw r0, [r10-8]\nstdw [r10-16], 7\nldxdw r2, [r10-16]\nadd64 r0, r2\nexit";
+    let (result, stack) = on_stale_stack(text, 16);
+    assert_eq!(result, Ok(7));
+    assert_eq!(result, exec(text));
+    assert!(
+        stack[STACK_SIZE - 16..STACK_SIZE - 8]
+            .iter()
+            .all(|byte| *byte == 7 || *byte == 0)
+    );
+    assert!(
+        stack[..STACK_SIZE - 16].iter().all(|byte| *byte == 0xaa),
+        "not zeroed below"
+    );
+
+    // Below the depth: loads, stores and helper buffers trap, so stale bytes are
+    // never seen.
+    let (result, _) = on_stale_stack("ldxdw r0, [r10-16]\nexit", 8);
+    assert!(
+        matches!(
+            result,
+            Err(Trap {
+                kind: TrapKind::OutOfBounds { size: 8, .. },
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    let (result, stack) = on_stale_stack("stdw [r10-16], 1\nmov64 r0, 0\nexit", 8);
+    assert!(
+        matches!(
+            result,
+            Err(Trap {
+                kind: TrapKind::OutOfBounds { size: 8, .. },
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(stack[..STACK_SIZE - 8].iter().all(|byte| *byte == 0xaa));
+    let emit = "mov64 r1, r10\nadd64 r1, -16\nmov64 r2, 16\ncall emit\nexit";
+    let (result, _) = on_stale_stack(emit, 8);
+    assert!(
+        matches!(
+            result,
+            Err(Trap {
+                kind: TrapKind::BadHelperArgument { register: 1, .. },
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(on_stale_stack(emit, 16).0, exec(emit));
+
+    // No stack at all, and a depth beyond the stack (the whole stack).
+    let (result, stack) = on_stale_stack("ldxb r0, [r10-1]\nexit", 0);
+    assert!(matches!(
+        result,
+        Err(Trap {
+            kind: TrapKind::OutOfBounds { .. },
+            ..
+        })
+    ));
+    assert!(stack.iter().all(|byte| *byte == 0xaa));
+    let text = "ldxdw r0, [r10-512]\nexit";
+    let (result, stack) = on_stale_stack(text, 100_000);
+    assert_eq!(result, Ok(0));
+    assert!(stack.iter().all(|byte| *byte == 0));
 }
