@@ -606,6 +606,6 @@ fn probeport_list_on_the_gnu_mach_image() {
     assert_eq!(missing.status.code(), Some(1));
     assert_eq!(
         String::from_utf8(missing.stderr).unwrap(),
-        "probeport: no function matches `no_such_function_*`\n"
+        "probeport: no function or marker matches `no_such_function_*`\n"
     );
 }
