@@ -433,6 +433,19 @@ impl<P: Platform> Stub<P> {
         }
     }
 
+    /// The probe in `slot` if it is live and its handler may run now; a re-entered
+    /// hit (`nested`) counts as a miss on the probe and runs nothing.
+    #[unsafe(link_section = ".text.probeport")]
+    fn runnable(&self, slot: usize, nested: bool) -> Option<(&ProbeSlot, ProbeData)> {
+        let probe = self.probes.slot(slot);
+        let data = probe.live()?;
+        if nested {
+            probe.counters.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some((probe, data))
+    }
+
     /// The handler of a dynamic probe.
     #[unsafe(link_section = ".text.probeport")]
     fn dynamic_hit(
@@ -443,14 +456,9 @@ impl<P: Platform> Stub<P> {
         address: u64,
         regs: &TrapRegisters,
     ) {
-        let probe = self.probes.slot(slot);
-        let Some(data) = probe.live() else {
+        let Some((probe, data)) = self.runnable(slot, nested) else {
             return;
         };
-        if nested {
-            probe.counters.misses.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let context = register_context(regs, address, data.id);
         let program = self.program(&data);
         let frame_pointer = arch::frame_pointer(regs);
@@ -477,14 +485,9 @@ impl<P: Platform> Stub<P> {
         address: u64,
         regs: &TrapRegisters,
     ) {
-        let probe = self.probes.slot(slot);
-        let Some(data) = probe.live() else {
+        let Some((probe, data)) = self.runnable(slot, nested) else {
             return;
         };
-        if nested {
-            probe.counters.misses.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let trampoline = self.trampoline.load(Ordering::Acquire);
         if trampoline == 0 {
             return;
