@@ -371,8 +371,7 @@ impl<P: Platform> Stub<P> {
                 }
                 context.slots[slot::PC] = address;
                 context.slots[slot::PROBE] = u64::from(data.id);
-                let program = self.program(&data);
-                self.run(cpu, probe, &data, program, &context, 0, None, true);
+                self.run_handler(cpu, probe, &data, &context, 0);
             }
         }
         self.leave(cpu, nested);
@@ -460,18 +459,7 @@ impl<P: Platform> Stub<P> {
             return;
         };
         let context = register_context(regs, address, data.id);
-        let program = self.program(&data);
-        let frame_pointer = arch::frame_pointer(regs);
-        self.run(
-            cpu,
-            probe,
-            &data,
-            program,
-            &context,
-            frame_pointer,
-            None,
-            true,
-        );
+        self.run_handler(cpu, probe, &data, &context, arch::frame_pointer(regs));
     }
 
     /// The entry half of a return probe: run the entry program, remember the
@@ -568,18 +556,7 @@ impl<P: Platform> Stub<P> {
                 context.slots[slot::ENTRY_SP] = activation.entry_sp;
                 context.slots[slot::ENTRY_BASE..slot::ENTRY_BASE + ENTRY_SLOTS]
                     .copy_from_slice(&activation.values);
-                let program = self.program(&data);
-                let frame_pointer = arch::frame_pointer(regs);
-                self.run(
-                    cpu,
-                    probe,
-                    &data,
-                    program,
-                    &context,
-                    frame_pointer,
-                    None,
-                    true,
-                );
+                self.run_handler(cpu, probe, &data, &context, arch::frame_pointer(regs));
             }
         }
         regs.pc = activation.return_address;
@@ -622,18 +599,7 @@ impl<P: Platform> Stub<P> {
             );
             let mut context = register_context(regs, regs.pc, data.id);
             context.slots[slot::PC] = regs.pc;
-            let program = self.program(&data);
-            let frame_pointer = arch::frame_pointer(regs);
-            self.run(
-                cpu,
-                probe,
-                &data,
-                program,
-                &context,
-                frame_pointer,
-                None,
-                true,
-            );
+            self.run_handler(cpu, probe, &data, &context, arch::frame_pointer(regs));
         }
     }
 
@@ -646,6 +612,30 @@ impl<P: Platform> Stub<P> {
         // in a handler; the session frees a program's slots only after removing
         // its probe and waiting for quiescence, which waits for this handler.
         unsafe { self.programs.range(data.program()) }
+    }
+
+    /// Runs a probe's own program (not a return site's entry program) and counts
+    /// the hit.
+    #[unsafe(link_section = ".text.probeport")]
+    fn run_handler(
+        &self,
+        cpu: usize,
+        probe: &ProbeSlot,
+        data: &ProbeData,
+        context: &ProbeContext,
+        frame_pointer: u64,
+    ) {
+        let program = self.program(data);
+        self.run(
+            cpu,
+            probe,
+            data,
+            program,
+            context,
+            frame_pointer,
+            None,
+            true,
+        );
     }
 
     /// Runs one program and accounts for it: the handler of `data`, or its entry
