@@ -1039,26 +1039,51 @@ fn a_probe_hit_inside_a_handler_is_counted_as_reentered_and_survived() {
 
 #[test]
 fn the_benchmark_boot_prints_its_table_and_passes() {
-    // Single-threaded TCG: the benchmark patches its own text.
+    benchmark_boot("demo.bench", false, "TSC cycles per call");
+}
+
+#[test]
+fn the_benchmark_counts_guest_instructions_under_icount() {
+    benchmark_boot(
+        "demo.bench=instructions",
+        true,
+        "guest instructions per call (QEMU -icount shift=0)",
+    );
+}
+
+/// One benchmark boot (`demo.bench` or `demo.bench=instructions`, with QEMU's
+/// `-icount shift=0` when `icount`): its table has every row, the ratios the goals
+/// are about, the unit it was told, and the count maps agree with the calls made.
+fn benchmark_boot(word: &str, icount: bool, unit: &str) {
+    // Single-threaded TCG: the benchmark patches its own text (and -icount needs it).
     let _guard = one_boot_at_a_time();
-    let config = qemu::Config::new(demo_kernel())
+    let mut config = qemu::Config::new(demo_kernel())
         .cpus(2)
         .tcg_threading(TcgThreading::Single)
         .probe_port(false)
-        .append("demo.bench demo.com2=off")
+        .append(format!("{word} demo.com2=off"))
         .timeout(BOOT_TIMEOUT);
+    if icount {
+        config
+            .extra_arguments
+            .extend(["-icount".to_owned(), "shift=0,sleep=off".to_owned()]);
+    }
     let qemu = qemu::Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
     let (pid, run_directory) = (qemu.pid(), qemu.run_directory().to_path_buf());
     let outcome = qemu.wait().unwrap_or_else(|error| panic!("{error}"));
     for row in [
+        unit,
         "| un-probed call ",
         "| bare int3 round trip ",
         "| probed call, empty handler ",
         "| probed call, count() handler ",
         "| disabled marker (call with marker) ",
         "| enabled marker, count() handler ",
+        "| work call (320-word checksum) ",
+        "| work call with a disabled marker ",
         "bench: probed count() / bare int3 = ",
         "bench: disabled marker adds ",
+        "bench: in a call doing real work ",
         "bench: count maps agree with the 30000 calls",
     ] {
         assert!(

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! qemu-run [--kernel ELF] [--append CMDLINE] [--smp N] [--timeout SECONDS]
-//!          [--single-thread] [--no-port]
+//!          [--single-thread] [--icount] [--no-port]
 //! ```
 //!
 //! Without `--kernel` it builds the demo kernel first. With the probe port wired (the
@@ -13,6 +13,10 @@
 //! log and exits 0 on a pass, 1 on anything else (with the reason).
 //!
 //! The in-kernel benchmark: `qemu-run --append demo.bench --no-port --single-thread`.
+//! `--icount` runs the guest with `-icount shift=0,sleep=off` (implies
+//! `--single-thread`): its virtual clock, and so its TSC, advance by one per guest
+//! instruction, which turns the benchmark's cycle counts into exact, repeatable
+//! instruction counts (`demo.bench=instructions` labels them so).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,7 +31,7 @@ use probe_port_protocol::message::{
 use qemu::{Config, Error, Qemu, TcgThreading, build_demo_kernel};
 
 const USAGE: &str = "usage: qemu-run [--kernel ELF] [--append CMDLINE] [--smp N] [--timeout SECONDS] \
-                     [--single-thread] [--no-port]";
+                     [--single-thread] [--icount] [--no-port]";
 
 fn main() -> ExitCode {
     let config = match parse_arguments(std::env::args().skip(1)) {
@@ -58,6 +62,7 @@ fn parse_arguments(mut arguments: impl Iterator<Item = String>) -> Result<Option
     let mut timeout = Duration::from_secs(60);
     let mut threading = TcgThreading::Multi;
     let mut probe_port = true;
+    let mut icount = false;
     while let Some(argument) = arguments.next() {
         let mut value = |name: &str| {
             arguments
@@ -80,6 +85,7 @@ fn parse_arguments(mut arguments: impl Iterator<Item = String>) -> Result<Option
                     .map_err(|_| "--timeout out of range".to_owned())?;
             }
             "--single-thread" => threading = TcgThreading::Single,
+            "--icount" => icount = true,
             "--no-port" => probe_port = false,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
@@ -95,6 +101,13 @@ fn parse_arguments(mut arguments: impl Iterator<Item = String>) -> Result<Option
         .tcg_threading(threading)
         .probe_port(probe_port);
     config.append = append;
+    if icount {
+        // Instruction counting is incompatible with multi-threaded TCG.
+        config = config.tcg_threading(TcgThreading::Single);
+        config
+            .extra_arguments
+            .extend(["-icount".to_owned(), "shift=0,sleep=off".to_owned()]);
+    }
     Ok(Some(config))
 }
 

@@ -16,6 +16,7 @@
 //! | `demo.exit_when_done` | `VERDICT: PASS` as soon as the workload is done              |
 //! | `demo.intruder`       | a thread without the right tries to submit to the probe port |
 //! | `demo.bench`          | run the in-kernel probe benchmark instead of the workload    |
+//! | `demo.bench=instructions` | the same, labelled in guest instructions (QEMU `-icount`) |
 
 /// Workload rounds when the command line does not say.
 pub(crate) const DEFAULT_ROUNDS: u32 = 1000;
@@ -40,6 +41,9 @@ pub(crate) struct Options {
     pub(crate) intruder: bool,
     /// `demo.bench`: run the probe benchmark (`bench.rs`) instead of the workload.
     pub(crate) bench: bool,
+    /// `demo.bench=instructions`: the benchmark runs under QEMU's `-icount shift=0`,
+    /// where the TSC counts guest instructions; its figures say so.
+    pub(crate) bench_instructions: bool,
 }
 
 impl Default for Options {
@@ -53,6 +57,7 @@ impl Default for Options {
             exit_when_done: false,
             intruder: false,
             bench: false,
+            bench_instructions: false,
         }
     }
 }
@@ -72,6 +77,10 @@ impl Options {
                 "demo.exit_when_done" => options.exit_when_done = true,
                 "demo.intruder" => options.intruder = true,
                 "demo.bench" => options.bench = true,
+                "demo.bench=instructions" => {
+                    options.bench = true;
+                    options.bench_instructions = true;
+                }
                 other => match other.strip_prefix("demo.rounds=").map(str::parse::<u32>) {
                     Some(Ok(rounds)) if rounds > 0 => options.rounds = rounds,
                     _ => unknown(other),
@@ -113,6 +122,7 @@ mod tests {
                 exit_when_done: true,
                 intruder: true,
                 bench: true,
+                bench_instructions: false,
             }
         );
         assert_eq!(unknown, ["console=ttyS0"]);

@@ -50,7 +50,11 @@ fn init_main(_: usize) {
         .expect("the options are set before init runs");
     check_preemption();
     if options.bench {
-        bench::run();
+        bench::run(if options.bench_instructions {
+            bench::Unit::Instructions
+        } else {
+            bench::Unit::Cycles
+        });
     }
     let probe = probe_port::create()
         .unwrap_or_else(|error| verdict::fail(format_args!("probe port: {error}")));
