@@ -174,6 +174,16 @@ impl MapStore {
 
     /// The directory slot and layout of `map`, if defined. Any context.
     pub(crate) fn find(&self, map: MapId) -> Option<(usize, MapLayout)> {
+        self.find_published(map)
+            .map(|(index, layout)| (index, *layout))
+    }
+
+    /// [`MapStore::find`] without copying the layout out: the borrow is valid for
+    /// as long as the caller's probe-context run (or session request) lasts, since
+    /// a published layout is rewritten only after `reset` unpublishes it and the
+    /// session reaches quiescence.
+    #[unsafe(link_section = ".text.probeport")]
+    pub(crate) fn find_published(&self, map: MapId) -> Option<(usize, &MapLayout)> {
         self.slots.iter().enumerate().find_map(|(index, slot)| {
             if !slot.defined.load(Ordering::Acquire)
                 || slot.map.load(Ordering::Relaxed) != u32::from(map.0)
@@ -182,8 +192,9 @@ impl MapStore {
             }
             // SAFETY: the acquire load above saw the slot published, so `define`
             // initialised its layout; it is rewritten only after `reset`
-            // unpublishes it and the session reaches quiescence.
-            let layout = unsafe { slot.layout.read().assume_init() };
+            // unpublishes it and the session reaches quiescence, which waits for
+            // the run (or request) this borrow belongs to.
+            let layout = unsafe { slot.layout.get().assume_init_ref() };
             (layout.spec.map == map).then_some((index, layout))
         })
     }

@@ -799,19 +799,19 @@ struct Executor<'s, 'v, P: Platform> {
     /// every search after the first for a program using one map). Valid for the
     /// whole run: a map's layout changes only after the session reaches
     /// quiescence, which waits for this run.
-    last_map: Cell<Option<(MapId, usize, MapLayout)>>,
+    last_map: Cell<Option<(MapId, usize, &'s MapLayout)>>,
 }
 
-impl<P: Platform> Executor<'_, '_, P> {
+impl<'s, P: Platform> Executor<'s, '_, P> {
     /// The directory slot and layout of `map`, through [`Executor::last_map`].
     #[inline]
-    fn find_map(&self, map: MapId) -> Option<(usize, MapLayout)> {
+    fn find_map(&self, map: MapId) -> Option<(usize, &'s MapLayout)> {
         if let Some((last, slot, layout)) = self.last_map.get()
             && last == map
         {
             return Some((slot, layout));
         }
-        let (slot, layout) = self.stub.maps.find(map)?;
+        let (slot, layout) = self.stub.maps.find_published(map)?;
         self.last_map.set(Some((map, slot, layout)));
         Some((slot, layout))
     }
@@ -897,14 +897,13 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
     }
 
     fn map_lookup(&mut self, map: MapId, key: &[u8], value: &mut [u8]) -> bool {
-        self.find_map(map).is_some_and(|(slot, layout)| {
-            self.stub.maps.lookup(slot, &layout, key, value, self.cpu)
-        })
+        self.find_map(map)
+            .is_some_and(|(slot, layout)| self.stub.maps.lookup(slot, layout, key, value, self.cpu))
     }
 
     fn map_update(&mut self, map: MapId, key: &[u8], value: &[u8]) -> Result<(), Full> {
         let result = match self.find_map(map) {
-            Some((slot, layout)) => self.stub.maps.update(slot, &layout, key, value, self.cpu),
+            Some((slot, layout)) => self.stub.maps.update(slot, layout, key, value, self.cpu),
             None => Err(Full),
         };
         if result.is_err() {
@@ -915,15 +914,12 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
 
     fn map_delete(&mut self, map: MapId, key: &[u8]) -> bool {
         self.find_map(map)
-            .is_some_and(|(slot, layout)| self.stub.maps.delete(slot, &layout, key, self.cpu))
+            .is_some_and(|(slot, layout)| self.stub.maps.delete(slot, layout, key, self.cpu))
     }
 
     fn aggregate(&mut self, map: MapId, key: &[u8], value: i64) -> Result<(), Full> {
         let result = match self.find_map(map) {
-            Some((slot, layout)) => self
-                .stub
-                .maps
-                .aggregate(slot, &layout, key, value, self.cpu),
+            Some((slot, layout)) => self.stub.maps.aggregate(slot, layout, key, value, self.cpu),
             None => Err(Full),
         };
         if result.is_err() {

@@ -112,6 +112,20 @@ impl<T: Copy> QuiescentCell<T> {
         // data from a live `UnsafeCell` is then an ordinary read.
         unsafe { self.0.get().read() }
     }
+
+    /// Borrows the value in place.
+    ///
+    /// # Safety
+    ///
+    /// As [`QuiescentCell::read`], and the borrow must end before the session may
+    /// write again: within the probe-context run that found the cell published
+    /// (the session writes only after quiescence, which waits for that run), or
+    /// within the session's own request.
+    #[unsafe(link_section = ".text.probeport")]
+    pub(crate) unsafe fn get(&self) -> &T {
+        // SAFETY: the caller guarantees no write happens while the borrow lives.
+        unsafe { &*self.0.get() }
+    }
 }
 
 /// The instruction slots of every stored program.
