@@ -82,6 +82,11 @@ pub enum Error {
         /// What was tried and what it said.
         detail: String,
     },
+    /// A Linux guest's kernel or initramfs could not be fetched or built.
+    GuestImage {
+        /// What was tried and what it said.
+        detail: String,
+    },
     /// QEMU exited before connecting the probe-port socket.
     NoPortConnection { console: ConsoleLog },
     /// The probe port failed (read or write error, or the deadline passed) while the
@@ -124,7 +129,8 @@ impl Error {
             Error::Io { .. }
             | Error::Build { .. }
             | Error::TargetMissing { .. }
-            | Error::QemuMissing { .. } => None,
+            | Error::QemuMissing { .. }
+            | Error::GuestImage { .. } => None,
         }
     }
 
@@ -162,6 +168,12 @@ impl fmt::Display for Error {
             ),
             Error::QemuMissing { detail } => {
                 write!(formatter, "qemu-system-x86_64 is not available: {detail}")
+            }
+            Error::GuestImage { detail } => {
+                write!(
+                    formatter,
+                    "the Linux guest image is not available: {detail}"
+                )
             }
             Error::NoPortConnection { console } => {
                 write!(

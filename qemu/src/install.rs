@@ -62,7 +62,7 @@ fn find_or_install() -> Result<PathBuf, String> {
 }
 
 /// Runs apt-get non-interactively; appends its output to `transcript`.
-fn apt_get(arguments: &[&str], transcript: &mut String) -> bool {
+pub(crate) fn apt_get(arguments: &[&str], transcript: &mut String) -> bool {
     let result = Command::new("apt-get")
         .args(arguments)
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -101,7 +101,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Whether the effective user is root (from `/proc/self/status`, else `id -u`).
-fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status")
         && let Some(line) = status.lines().find(|line| line.starts_with("Uid:"))
     {

@@ -18,7 +18,9 @@
 //!
 //! [`build_demo_kernel`] builds `targets/demo-kernel` for `x86_64-unknown-none`
 //! (installing the target with rustup if needed) and [`ensure_qemu`] installs QEMU
-//! with apt-get when it is missing and the harness runs as root.
+//! with apt-get when it is missing and the harness runs as root. [`linux`] boots
+//! Debian's own kernel with a small initramfs (for kprobes, which the build machines'
+//! kernel lacks).
 //!
 //! # Invariants
 //!
@@ -30,6 +32,7 @@
 mod error;
 mod image;
 mod install;
+pub mod linux;
 mod machine;
 pub mod verdict;
 

@@ -64,10 +64,12 @@ pub enum TcgThreading {
 /// What to boot and how.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The kernel ELF (PVH entry), passed to `-kernel`.
+    /// The kernel (an ELF with a PVH entry, or a Linux `bzImage`), passed to `-kernel`.
     pub kernel: PathBuf,
     /// The kernel command line (`-append`), if any.
     pub append: Option<String>,
+    /// An initial RAM disk (`-initrd`), for Linux guests.
+    pub initrd: Option<PathBuf>,
     /// Number of CPUs (`-smp`).
     pub cpus: u32,
     /// Guest memory in MiB (`-m`).
@@ -90,6 +92,7 @@ impl Config {
         Config {
             kernel: kernel.into(),
             append: None,
+            initrd: None,
             cpus: 2,
             memory_mib: 128,
             machine: "q35".to_owned(),
@@ -224,6 +227,9 @@ impl Qemu {
             "-kernel".into(),
             config.kernel.display().to_string(),
         ]);
+        if let Some(initrd) = &config.initrd {
+            arguments.extend(["-initrd".into(), initrd.display().to_string()]);
+        }
         if let Some(cmdline) = &config.append {
             arguments.extend(["-append".into(), cmdline.clone()]);
         }
