@@ -33,6 +33,7 @@
 
 pub mod arch;
 pub mod interpreter;
+mod jump;
 pub mod limits;
 mod maps;
 mod markers;

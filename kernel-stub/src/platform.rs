@@ -109,6 +109,30 @@ pub trait Platform: Sync {
     /// is atomic for every CPU executing there.
     fn write_text(&self, address: u64, bytes: &[u8]) -> Result<(), TextError>;
 
+    /// Writes each `(address, bytes)` of `writes` into kernel text while every other
+    /// CPU is held with interrupts off (in an interrupt handler, say), but only if
+    /// no CPU and no suspended context — interrupted, or a thread preempted by an
+    /// interrupt — would resume execution at an address inside one of `avoid`.
+    /// Returns `Ok(true)` once written and every CPU serialised, `Ok(false)` when
+    /// something would resume inside `avoid` or a CPU did not come to be held in
+    /// time (nothing written; the stub tries again later or keeps its breakpoint).
+    ///
+    /// The stub uses it to turn a breakpoint into a jump over several instructions
+    /// (a jump probe, `RequestBody::Jump`) and back; the jump's code runs the
+    /// handler on the probed thread's own stack, so a kernel offering this must not
+    /// use a red zone below the stack pointer (kernels never do) and must allow
+    /// about 2 KiB of stack at any probed instruction. With no writes it returns
+    /// at once, `Ok(true)` if the platform can do this at all. Default: unsupported,
+    /// and the stub keeps breakpoints.
+    fn write_text_stopped(
+        &self,
+        avoid: &[Range<u64>],
+        writes: &[(u64, &[u8])],
+    ) -> Result<bool, TextError> {
+        let _ = (avoid, writes);
+        Err(TextError::Unsupported)
+    }
+
     /// Writes `bytes` into kernel data memory at `address` without ever faulting
     /// the kernel. The stub uses it for the interrupted stack only: to swap a return
     /// address for the return trampoline, and to push a return address when it

@@ -68,6 +68,7 @@ use probe_port_protocol::message::{
 use probe_port_protocol::verifier::{ProgramKind, Rule, VerifierConfig, VerifierScratch, verify};
 
 use crate::arch::{self, MAX_INSN_LEN, SLOT_SIZE};
+use crate::jump::{self, DETOUR_SLOTS, DetourError, JUMP_LEN};
 use crate::limits::{
     MAX_BOUNDARY_SCAN, MAX_CPUS, MAX_MAPS, MAX_MESSAGE, MAX_OUT_OF_LINE_SLOTS, MAX_PAGE_ENTRIES,
     MAX_PROBES, MAX_PROGRAM_INSNS, MAX_RECORD, MAX_TIMERS, PROGRAM_ARENA_SLOTS, RETURN_DEPTH,
@@ -76,7 +77,7 @@ use crate::limits::{
 use crate::maps::{DefineError, MAP_MEMORY};
 use crate::platform::Platform;
 use crate::probes::{DYNAMIC, MARKER, ProbeData, RETURN, SiteData, TIMER};
-use crate::stub::{Stub, TrapOutcome};
+use crate::stub::{Stub, TrapOutcome, jump_entry};
 
 /// The verifier's working memory (164 KiB): one per kernel, used only by the
 /// session that holds the session lock, so a second lock never waits.
@@ -84,6 +85,9 @@ static VERIFIER: spin::Mutex<VerifierScratch> = spin::Mutex::new(VerifierScratch
 
 /// Wire bytes of the largest frame the stub sends.
 const MAX_FRAME: usize = max_encoded_len(MAX_MESSAGE);
+/// Tries at writing or removing a jump before giving up (the site then keeps its
+/// breakpoint, or its jump).
+const JUMP_ATTEMPTS: usize = 8;
 
 /// The byte-stream side of the port ([`Stub::serve_bytes`]).
 pub(crate) struct Port {
@@ -131,6 +135,8 @@ struct SiteRecord {
     patched: bool,
     /// The bytes the breakpoint covers.
     original: [u8; arch::BREAKPOINT.len()],
+    /// A jump probe's plan (`RequestBody::Jump`), if any.
+    jump: JumpRecord,
 }
 
 impl SiteRecord {
@@ -139,7 +145,35 @@ impl SiteRecord {
         text: false,
         patched: false,
         original: [0; arch::BREAKPOINT.len()],
+        jump: JumpRecord::NONE,
     };
+}
+
+/// A site's jump (see `crate::jump`): planned by `Jump`, written while the site
+/// is patched and the platform finds a moment to write it.
+#[derive(Clone, Copy, Debug)]
+struct JumpRecord {
+    /// The detour's address; 0 for no plan.
+    detour: u64,
+    /// Bytes of original code the jump's detour runs (the window used).
+    covered: u8,
+    /// Whether the jump is written (else the site has its breakpoint, if patched).
+    active: bool,
+    /// The original bytes the jump overwrites.
+    original: [u8; JUMP_LEN],
+}
+
+impl JumpRecord {
+    const NONE: JumpRecord = JumpRecord {
+        detour: 0,
+        covered: 0,
+        active: false,
+        original: [0; JUMP_LEN],
+    };
+
+    fn planned(&self) -> bool {
+        self.detour != 0
+    }
 }
 
 /// Everything only the session touches.
@@ -235,7 +269,12 @@ fn truncate(text: &str, max: usize) -> &str {
 /// `address`), so checks see the kernel's text rather than the stub's breakpoints.
 fn overlay_originals(sites: &[SiteRecord], address: u64, bytes: &mut [u8]) {
     for site in sites.iter().filter(|site| site.patched) {
-        for (offset, original) in site.original.iter().enumerate() {
+        let original: &[u8] = if site.jump.active {
+            &site.jump.original
+        } else {
+            &site.original
+        };
+        for (offset, original) in original.iter().enumerate() {
             let at = site.address.wrapping_add(offset as u64);
             if let Some(byte) = at
                 .checked_sub(address)
@@ -245,6 +284,15 @@ fn overlay_originals(sites: &[SiteRecord], address: u64, bytes: &mut [u8]) {
             }
         }
     }
+}
+
+/// Whether `address` lies inside a planned jump's window (but for its first byte).
+fn inside_jump(sites: &[SiteRecord], address: u64) -> bool {
+    sites.iter().any(|site| {
+        site.jump.planned()
+            && address > site.address
+            && address < site.address + u64::from(site.jump.covered)
+    })
 }
 
 /// Frames `message` and writes it; a reply that cannot be encoded is replaced by
@@ -421,6 +469,7 @@ impl<P: Platform> Stub<P> {
                 }
             }
             RequestBody::KeepAlive => Ok(ReplyBody::Done),
+            RequestBody::Jump { probe, window } => self.jump(session, probe.0, *window),
             RequestBody::Goodbye => {
                 self.teardown(session);
                 Ok(ReplyBody::Done)
@@ -472,6 +521,9 @@ impl<P: Platform> Stub<P> {
             capabilities |= Capabilities::DYNAMIC;
             if self.trampoline.load(Ordering::Acquire) != 0 {
                 capabilities |= Capabilities::RETURN;
+            }
+            if self.platform.write_text_stopped(&[], &[]).is_ok() {
+                capabilities |= Capabilities::JUMP;
             }
         }
         let build_id = self.platform.build_id();
@@ -578,11 +630,14 @@ impl<P: Platform> Stub<P> {
         let on_timer: fn(&Self, &arch::TrapRegisters) = Self::on_timer;
         let fire: fn(&Self, &'static crate::MarkerSite, &[u64]) = Self::fire_marker;
         let fire_global: fn(&'static crate::MarkerSite, &[u64]) = crate::fire_marker;
+        let on_jump: fn(&Self, &arch::TrapRegisters) = Self::on_jump;
         let entry_points = [
             on_breakpoint as usize as u64,
             on_timer as usize as u64,
             fire as usize as u64,
             fire_global as usize as u64,
+            on_jump as usize as u64,
+            Self::jump_entry_address(),
         ];
         address == 0
             || address == u64::MAX
@@ -625,7 +680,7 @@ impl<P: Platform> Stub<P> {
         if slot_count == 0 || (is_return && self.trampoline.load(Ordering::Acquire) == 0) {
             return Err(refuse(ErrorCode::UNSUPPORTED));
         }
-        if self.forbidden(address) {
+        if self.forbidden(address) || inside_jump(&session.sites, address) {
             return Err(refuse_address(ErrorCode::FORBIDDEN_ADDRESS, address));
         }
         let existing = self.sites.find(address);
@@ -634,6 +689,11 @@ impl<P: Platform> Stub<P> {
             if site.data().displaced().is_none() {
                 // A marker's site: stub data, not an instruction.
                 return Err(refuse_address(ErrorCode::FORBIDDEN_ADDRESS, address));
+            }
+            if is_return && site.returns().is_none() {
+                // A return probe needs the breakpoint: the jump goes.
+                self.drop_jump(session, index)
+                    .map_err(|address| refuse_address(ErrorCode::UNSUPPORTED, address))?;
             }
             let attached = if is_return {
                 site.returns()
@@ -703,6 +763,7 @@ impl<P: Platform> Stub<P> {
                     text: true,
                     patched: false,
                     original,
+                    jump: JumpRecord::NONE,
                 };
                 index
             }
@@ -1054,6 +1115,236 @@ impl<P: Platform> Stub<P> {
     }
 
     // ------------------------------------------------------------------------
+    // Jump probes.
+
+    /// `Jump`: plans the jump of a dynamic probe's site (its detour written into
+    /// the out-of-line area now) and writes the jump if the site is patched.
+    fn jump<'s>(&'s self, session: &mut Session, id: u32, window: u8) -> Reply<'s> {
+        let Some((slot, data)) = self.probes.find(id) else {
+            return Err(refuse_value(ErrorCode::UNKNOWN_PROBE, u64::from(id)));
+        };
+        if self.platform.write_text_stopped(&[], &[]).is_err() {
+            return Err(refuse(ErrorCode::UNSUPPORTED));
+        }
+        let site_index = session
+            .probes
+            .get(slot)
+            .and_then(|record| (record.site as usize).checked_sub(1));
+        let Some(site_index) = site_index else {
+            return Err(refuse(ErrorCode::UNSUPPORTED));
+        };
+        let Some(record) = session.sites.get(site_index).copied() else {
+            return Err(refuse(ErrorCode::UNSUPPORTED));
+        };
+        if data.kind != DYNAMIC || !record.text || self.sites.entry(site_index).returns().is_some()
+        {
+            return Err(refuse(ErrorCode::UNSUPPORTED));
+        }
+        if record.jump.planned() {
+            return Ok(ReplyBody::Done);
+        }
+        let window = usize::from(window);
+        if window < JUMP_LEN {
+            return Err(refuse_field("window"));
+        }
+        let address = record.address;
+        // The original bytes, as many as the detour may decode (fewer at the end
+        // of the text, but never fewer than the window).
+        let mut len = jump::MAX_WINDOW;
+        while let Err(fault) = self.read_original(session, address, len) {
+            let readable = fault.saturating_sub(address) as usize;
+            if readable < window.min(jump::MAX_WINDOW) || readable >= len {
+                return Err(refuse_address(ErrorCode::FAULT, fault));
+            }
+            len = readable;
+        }
+        let mut code = [0u8; jump::MAX_WINDOW];
+        code[..len].copy_from_slice(&session.buffer[..len]);
+        let code = &code[..len];
+
+        // Where a fresh detour would go, to learn the window it covers first.
+        let area = self.platform.out_of_line_area();
+        let slot_address = |slot: usize| area.start + (slot * SLOT_SIZE) as u64;
+        let slot_count = self.out_of_line_slots();
+        let fresh = (session.slots_used as usize).min(slot_count) + 1;
+        let covered = self
+            .build_detour(address, code, window, slot_address(fresh))?
+            .covered;
+        for other in 1..covered as u64 {
+            if let Some(index) = self.sites.find(address + other) {
+                let site = self.sites.entry(index);
+                let probe = site.primary().or(site.returns());
+                let id = probe
+                    .and_then(|slot| self.probes.slot(slot).armed())
+                    .map_or(0, |data| data.id);
+                return Err(refuse_value(ErrorCode::ALREADY_PROBED, u64::from(id)));
+            }
+        }
+        let detour = self.detour_slots(session, address, code, window, slot_count)?;
+        if let Some(record) = session.sites.get_mut(site_index) {
+            let mut original = [0u8; JUMP_LEN];
+            original.copy_from_slice(&code[..JUMP_LEN]);
+            record.jump = JumpRecord {
+                detour,
+                covered: covered as u8,
+                active: false,
+                original,
+            };
+        }
+        self.activate_jump(session, site_index);
+        Ok(ReplyBody::Done)
+    }
+
+    /// The address the detours call: [`jump_entry`] for this platform.
+    fn jump_entry_address() -> u64 {
+        let entry: extern "sysv64" fn(&arch::TrapRegisters, &Stub<P>) = jump_entry::<P>;
+        entry as usize as u64
+    }
+
+    /// The detour for `address` built to sit at `detour_address`.
+    fn build_detour(
+        &self,
+        address: u64,
+        code: &[u8],
+        window: usize,
+        detour_address: u64,
+    ) -> Result<jump::Detour, Refusal> {
+        jump::build(
+            address,
+            code,
+            window,
+            detour_address,
+            Self::jump_entry_address(),
+            core::ptr::from_ref(self) as u64,
+        )
+        .map_err(|error| match error {
+            DetourError::WindowTooShort => refuse_field("window"),
+            DetourError::Unrelocatable(at) => refuse_address(ErrorCode::UNRELOCATABLE, at),
+            DetourError::TooLarge => refuse_address(ErrorCode::UNRELOCATABLE, address),
+        })
+    }
+
+    /// The detour of `address`: the one written for it earlier in the boot if it
+    /// holds exactly this code, else fresh slots, written now. Like the
+    /// displaced-instruction slots, a detour is written once per boot (a thread
+    /// may be preempted inside it). Its first slot's owner is `!address`, the
+    /// others' `u64::MAX`, so neither is taken for a displaced instruction's slot.
+    fn detour_slots(
+        &self,
+        session: &mut Session,
+        address: u64,
+        code: &[u8],
+        window: usize,
+        slot_count: usize,
+    ) -> Result<u64, Refusal> {
+        let area = self.platform.out_of_line_area();
+        let slot_address = |slot: usize| area.start + (slot * SLOT_SIZE) as u64;
+        let used = (session.slots_used as usize).min(slot_count);
+        for slot in 1..=used {
+            if session.slot_owners.get(slot) != Some(&!address) {
+                continue;
+            }
+            let detour = self.build_detour(address, code, window, slot_address(slot))?;
+            let wanted = detour.bytes();
+            let held = &mut session.buffer[..wanted.len()];
+            if self.platform.read_kernel(held, slot_address(slot)).is_ok() && held == wanted {
+                return Ok(slot_address(slot));
+            }
+        }
+        let first = used + 1;
+        if first + DETOUR_SLOTS - 1 > slot_count {
+            return Err(refuse_value(ErrorCode::NO_SPACE, slot_count as u64));
+        }
+        let detour = self.build_detour(address, code, window, slot_address(first))?;
+        if self
+            .platform
+            .write_text(slot_address(first), detour.bytes())
+            .is_err()
+        {
+            return Err(refuse_address(ErrorCode::UNSUPPORTED, slot_address(first)));
+        }
+        for (index, owner) in session.slot_owners[first..first + DETOUR_SLOTS]
+            .iter_mut()
+            .enumerate()
+        {
+            *owner = if index == 0 { !address } else { u64::MAX };
+        }
+        session.slots_used = (first + DETOUR_SLOTS - 1) as u32;
+        Ok(slot_address(first))
+    }
+
+    /// Writes a planned jump over a patched site's breakpoint, at a moment when
+    /// nothing would resume inside the window or in the site's out-of-line slot
+    /// (whose jump back lands inside the window). Without such a moment the site
+    /// keeps its breakpoint, which works as well, only slower.
+    fn activate_jump(&self, session: &mut Session, site: usize) {
+        let Some(record) = session.sites.get(site).copied() else {
+            return;
+        };
+        if !record.patched || !record.jump.planned() || record.jump.active {
+            return;
+        }
+        let address = record.address;
+        let Some(bytes) = jump::jump(address, record.jump.detour) else {
+            return;
+        };
+        let slot = self.sites.entry(site).data().slot_address();
+        let avoid = [
+            address + 1..address + u64::from(record.jump.covered),
+            slot..slot + if slot == 0 { 0 } else { SLOT_SIZE as u64 },
+        ];
+        for _ in 0..JUMP_ATTEMPTS {
+            match self
+                .platform
+                .write_text_stopped(&avoid, &[(address, &bytes)])
+            {
+                Ok(true) => {
+                    if let Some(record) = session.sites.get_mut(site) {
+                        record.jump.active = true;
+                    }
+                    return;
+                }
+                Ok(false) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Puts a site's breakpoint back in place of its jump (the window's other bytes
+    /// restored). Returns the address if the platform could not write it.
+    fn deactivate_jump(&self, session: &mut Session, site: usize) -> Result<(), u64> {
+        let Some(record) = session.sites.get(site).copied() else {
+            return Ok(());
+        };
+        if !record.jump.active {
+            return Ok(());
+        }
+        let mut bytes = record.jump.original;
+        bytes[..arch::BREAKPOINT.len()].copy_from_slice(&arch::BREAKPOINT);
+        for _ in 0..JUMP_ATTEMPTS {
+            if let Ok(true) = self
+                .platform
+                .write_text_stopped(&[], &[(record.address, &bytes)])
+            {
+                if let Some(record) = session.sites.get_mut(site) {
+                    record.jump.active = false;
+                }
+                return Ok(());
+            }
+        }
+        Err(record.address)
+    }
+
+    /// Forgets a site's jump plan (the jump taken back first).
+    fn drop_jump(&self, session: &mut Session, site: usize) -> Result<(), u64> {
+        self.deactivate_jump(session, site)?;
+        if let Some(record) = session.sites.get_mut(site) {
+            record.jump = JumpRecord::NONE;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------
     // Patching.
 
     /// Writes the breakpoint of a site. Returns the address on failure.
@@ -1068,6 +1359,7 @@ impl<P: Platform> Stub<P> {
             .write_text(record.address, &arch::BREAKPOINT)
             .map_err(|_| record.address)?;
         record.patched = true;
+        self.activate_jump(session, site);
         Ok(())
     }
 
@@ -1079,6 +1371,10 @@ impl<P: Platform> Stub<P> {
         if !record.patched {
             return Ok(());
         }
+        self.deactivate_jump(session, site)?;
+        let Some(record) = session.sites.get_mut(site) else {
+            return Ok(());
+        };
         self.platform
             .write_text(record.address, &record.original)
             .map_err(|_| record.address)?;

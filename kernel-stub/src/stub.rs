@@ -346,6 +346,31 @@ impl<P: Platform> Stub<P> {
             .without_interrupts(|| self.marker_hit(site, args));
     }
 
+    /// A jump probe fired: what a detour calls (through [`jump_entry`]) with the
+    /// registers of the probed code, `pc` the probe's address. Runs the handler
+    /// as a breakpoint hit would, with interrupts off; the detour then runs the
+    /// displaced instructions itself. *Probe context* once inside. Public for
+    /// simulated platforms; a kernel never calls it.
+    #[unsafe(link_section = ".text.probeport")]
+    pub fn on_jump(&self, regs: &TrapRegisters) {
+        self.platform.without_interrupts(|| {
+            let Some((cpu, nested)) = self.enter() else {
+                return;
+            };
+            if nested {
+                self.count_reentered(cpu);
+            }
+            let primary = self
+                .sites
+                .find(regs.pc)
+                .and_then(|index| self.sites.entry(index).primary());
+            if let Some(slot) = primary {
+                self.dynamic_hit(cpu, nested, slot, regs.pc, regs);
+            }
+            self.leave(cpu, nested);
+        });
+    }
+
     #[unsafe(link_section = ".text.probeport")]
     fn marker_hit(&self, site: &'static MarkerSite, args: &[u64]) {
         let Some((cpu, nested)) = self.enter() else {
@@ -753,6 +778,14 @@ impl<P: Platform> MarkerSink for Stub<P> {
     fn fire(&self, site: &'static MarkerSite, args: &[u64]) {
         self.fire_marker(site, args);
     }
+}
+
+/// What a jump probe's detour calls (see `crate::jump`): `regs` is the detour's
+/// frame, `stub` the stub that wrote the detour (a stub serving a port lives in a
+/// `static` for as long as the kernel runs).
+#[unsafe(link_section = ".text.probeport")]
+pub(crate) extern "sysv64" fn jump_entry<P: Platform>(regs: &TrapRegisters, stub: &Stub<P>) {
+    stub.on_jump(regs);
 }
 
 /// The context of a register-based site: registers, `PC`, `FLAGS`, `PROBE`.

@@ -124,6 +124,16 @@ pub enum RequestBody<'a> {
     KeepAlive,
     /// 13. End the session: every probe is disarmed, every map freed. Reply: `Done`.
     Goodbye,
+    /// 14. Let a dynamic probe enter by a jump instead of a breakpoint while it is
+    ///     live (capability [`Capabilities::JUMP`]). Reply: `Done`.
+    Jump {
+        /// The probe (a dynamic probe, alone at its address).
+        probe: ProbeId,
+        /// Bytes from the probe's address that the client vouches no branch
+        /// enters (no jump or call targets an address inside them but the first):
+        /// the jump covers whole instructions within them.
+        window: u8,
+    },
 }
 
 /// The client's half of the handshake.
@@ -328,6 +338,8 @@ impl Capabilities {
     pub const READ_USER: u32 = 1 << 5;
     /// The `stack_trace` helper.
     pub const STACK_TRACE: u32 = 1 << 6;
+    /// The `Jump` request: dynamic probes entered by a jump.
+    pub const JUMP: u32 = 1 << 7;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {
@@ -337,7 +349,7 @@ impl Capabilities {
 
 impl fmt::Debug for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 7] = [
+        const NAMES: [(u32, &str); 8] = [
             (Capabilities::DYNAMIC, "dynamic"),
             (Capabilities::RETURN, "return"),
             (Capabilities::MARKER, "marker"),
@@ -345,6 +357,7 @@ impl fmt::Debug for Capabilities {
             (Capabilities::PROFILE, "profile"),
             (Capabilities::READ_USER, "read-user"),
             (Capabilities::STACK_TRACE, "stack-trace"),
+            (Capabilities::JUMP, "jump"),
         ];
         let mut list = f.debug_set();
         for (bit, name) in NAMES {
@@ -634,7 +647,7 @@ impl Request<'_> {
 pub const UNATTRIBUTED_SEQ: u32 = u32::MAX;
 
 /// Number of request kinds this version knows (`RequestBody` variants).
-pub const REQUEST_KINDS: u32 = 14;
+pub const REQUEST_KINDS: u32 = 15;
 
 /// What a stub can still learn from a request it cannot decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -93,6 +93,10 @@ fn request_body() -> impl Strategy<Value = RequestBody<'static>> {
         (any::<u64>(), any::<u16>())
             .prop_map(|(address, len)| RequestBody::ReadMemory { address, len }),
         Just(RequestBody::KeepAlive),
+        any::<(u32, u8)>().prop_map(|(probe, window)| RequestBody::Jump {
+            probe: ProbeId(probe),
+            window,
+        }),
         Just(RequestBody::Goodbye),
     ]
 }
@@ -317,6 +321,7 @@ fn request_kind(body: &RequestBody<'_>) -> u32 {
         RequestBody::ReadMemory { .. } => 11,
         RequestBody::KeepAlive => 12,
         RequestBody::Goodbye => 13,
+        RequestBody::Jump { .. } => 14,
     }
 }
 
@@ -452,9 +457,9 @@ fn protocol_examples_are_exact() {
 
 #[test]
 fn undecodable_requests_are_classified() {
-    // seq 5, request kind 14: newer than this version.
+    // seq 5, request kind 15: newer than this version.
     assert_eq!(
-        classify_undecodable(&[0x05, 0x0e]),
+        classify_undecodable(&[0x05, 0x0f]),
         UndecodableRequest {
             seq: 5,
             code: ErrorCode::UNKNOWN_REQUEST

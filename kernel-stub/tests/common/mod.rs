@@ -118,6 +118,12 @@ struct Memory {
     text_writes: Vec<(u64, Vec<u8>)>,
     function_starts: Vec<(Range<u64>, u64)>,
     refuse_text_writes: bool,
+    /// Where simulated suspended threads would resume (for stopped writes).
+    resume_points: Vec<u64>,
+    /// Whether `write_text_stopped` is supported.
+    no_stopped_writes: bool,
+    /// Every stopped write made: its address and bytes.
+    stopped_writes: Vec<(u64, Vec<u8>)>,
 }
 
 impl Memory {
@@ -200,6 +206,9 @@ impl Sim {
                 text_writes: Vec::new(),
                 function_starts: Vec::new(),
                 refuse_text_writes: false,
+                resume_points: Vec::new(),
+                no_stopped_writes: false,
+                stopped_writes: Vec::new(),
             }),
             cpu: AtomicUsize::new(0),
             cpus: AtomicUsize::new(2),
@@ -209,6 +218,22 @@ impl Sim {
             markers: OnceLock::new(),
             read_hook: Mutex::new(None),
         }
+    }
+
+    /// Simulated threads suspended at these addresses (stopped writes refuse to
+    /// write when one lies in their `avoid` ranges).
+    pub(crate) fn set_resume_points(&self, points: &[u64]) {
+        self.memory.lock().unwrap().resume_points = points.to_vec();
+    }
+
+    /// Makes `write_text_stopped` unsupported (or supported again).
+    pub(crate) fn set_no_stopped_writes(&self, unsupported: bool) {
+        self.memory.lock().unwrap().no_stopped_writes = unsupported;
+    }
+
+    /// The stopped writes made so far.
+    pub(crate) fn stopped_writes(&self) -> Vec<(u64, Vec<u8>)> {
+        self.memory.lock().unwrap().stopped_writes.clone()
     }
 
     pub(crate) fn set_cpu(&self, cpu: usize) {
@@ -378,6 +403,36 @@ impl Platform for Sim {
             .copy_from_slice(bytes);
         memory.text_writes.push((address, bytes.to_vec()));
         Ok(())
+    }
+
+    fn write_text_stopped(
+        &self,
+        avoid: &[Range<u64>],
+        writes: &[(u64, &[u8])],
+    ) -> Result<bool, TextError> {
+        let mut memory = self.memory.lock().unwrap();
+        if memory.no_stopped_writes || memory.refuse_text_writes {
+            return Err(TextError::Unsupported);
+        }
+        if memory
+            .resume_points
+            .iter()
+            .any(|point| avoid.iter().any(|range| range.contains(point)))
+        {
+            return Ok(false);
+        }
+        for (address, bytes) in writes {
+            let in_text = *address >= TEXT_BASE && *address < TEXT_BASE + TEXT_SIZE as u64;
+            if !in_text {
+                return Err(TextError::NotText);
+            }
+            memory
+                .slice(*address, bytes.len())
+                .map_err(|_| TextError::NotText)?
+                .copy_from_slice(bytes);
+            memory.stopped_writes.push((*address, bytes.to_vec()));
+        }
+        Ok(true)
     }
 
     fn write_kernel(&self, address: u64, bytes: &[u8]) -> Result<(), Fault> {

@@ -1,0 +1,267 @@
+//! Jump probes: a dynamic probe entered by a `jmp` to a detour instead of `int3`.
+//!
+//! # Design
+//!
+//! A breakpoint costs a trap and a return from it on every hit. A jump probe
+//! overwrites the first instructions at the probe's address (whole instructions,
+//! at least [`JUMP_LEN`] bytes: the *window*) with `jmp rel32` to a *detour* the
+//! stub writes into its out-of-line area once per address and boot:
+//!
+//! ```text
+//! pushfq                        ; the flags, before anything changes them
+//! lea rsp, [rsp - S]            ; S = size_of::<TrapRegisters>()
+//! mov [rsp + regs + 8*n], reg   ; every register but rsp, by DWARF number n
+//! lea rax, [rsp + S + 8]        ; the probed code's rsp
+//! mov [rsp + regs + 56], rax
+//! mov rax, [rsp + S]            ; the flags pushfq saved
+//! mov [rsp + flags], rax
+//! mov rax, ADDRESS              ; pc: the probe's address
+//! mov [rsp + pc], rax
+//! mov rdi, rsp                  ; &mut TrapRegisters
+//! mov rsi, COOKIE               ; the stub
+//! mov rbx, rsp                  ; rbx is callee-saved: it keeps the frame
+//! and rsp, -16                  ; the ABI's alignment at the call
+//! mov rax, ENTRY
+//! call rax                      ; ENTRY(regs, cookie): the handler, as for int3
+//! mov rsp, rbx
+//! mov reg, [rsp + regs + 8*n]   ; every register but rsp, back
+//! lea rsp, [rsp + S]
+//! popfq
+//! <the window's instructions>   ; copies, RIP-relative operands fixed up
+//! jmp ADDRESS + window          ; rel32, or jmp [rip+0] and the address
+//! ```
+//!
+//! The window's instructions must be able to run anywhere ([`arch::prepare`] runs
+//! them out of line) and must not transfer control: no branch, call or return,
+//! direct or indirect, and nothing [`arch::prepare`] emulates. Their copies run
+//! with every register, flag and stack byte as the original would have had them.
+//!
+//! # Invariants
+//!
+//! - The detour changes no register, no flag and nothing above the probed code's
+//!   stack pointer before it runs the copies (kernels have no red zone, so the
+//!   bytes below the stack pointer are free).
+//! - Building never panics and never writes past [`MAX_DETOUR`] bytes.
+
+use core::mem::offset_of;
+
+use crate::arch::{self, MAX_INSN_LEN, SLOT_SIZE, TrapRegisters};
+
+/// Bytes of the jump written at the probe's address (`jmp rel32`).
+pub(crate) const JUMP_LEN: usize = 5;
+/// Out-of-line slots one detour takes.
+pub(crate) const DETOUR_SLOTS: usize = 12;
+/// The longest detour.
+pub(crate) const MAX_DETOUR: usize = DETOUR_SLOTS * SLOT_SIZE;
+/// The longest window: the instructions that cover [`JUMP_LEN`] bytes.
+pub(crate) const MAX_WINDOW: usize = JUMP_LEN - 1 + MAX_INSN_LEN;
+
+/// The detour's frame: a [`TrapRegisters`].
+const FRAME: usize = size_of::<TrapRegisters>();
+const REGS: usize = offset_of!(TrapRegisters, regs);
+const PC: usize = offset_of!(TrapRegisters, pc);
+const FLAGS: usize = offset_of!(TrapRegisters, flags);
+const _: () = assert!(FRAME < 1024);
+
+/// The x86 register number of each DWARF register number 0..16.
+const X86_NUMBER: [u8; 16] = [0, 2, 1, 3, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
+/// DWARF number of rsp, which the detour computes instead of storing.
+const RSP: usize = 7;
+
+/// Why a window cannot take a jump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DetourError {
+    /// The whole instructions covering [`JUMP_LEN`] bytes are longer than the
+    /// window the client vouched for (or the bytes given).
+    WindowTooShort,
+    /// The instruction at this address cannot run from the detour.
+    Unrelocatable(u64),
+    /// The detour would not fit [`MAX_DETOUR`] bytes.
+    TooLarge,
+}
+
+/// A detour's code, ready to be written at the address it was built for.
+pub(crate) struct Detour {
+    bytes: [u8; MAX_DETOUR],
+    len: usize,
+    /// Bytes of original code the jump covers (the window actually used).
+    pub(crate) covered: usize,
+}
+
+impl Detour {
+    /// The code.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// A byte buffer that refuses to overflow.
+struct Emitter {
+    bytes: [u8; MAX_DETOUR],
+    len: usize,
+    overflowed: bool,
+}
+
+impl Emitter {
+    fn push(&mut self, bytes: &[u8]) {
+        match self.bytes.get_mut(self.len..self.len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => self.overflowed = true,
+        }
+    }
+
+    /// `mov [rsp + displacement], reg` (store) or `mov reg, [rsp + displacement]`.
+    fn rsp_relative(&mut self, store: bool, register: u8, displacement: usize) {
+        let rex = 0x48 | if register >= 8 { 0x04 } else { 0 };
+        let opcode = if store { 0x89 } else { 0x8b };
+        let reg = (register & 7) << 3;
+        match u8::try_from(displacement) {
+            Ok(short) if short < 0x80 => {
+                self.push(&[rex, opcode, 0x44 | reg, 0x24, short]);
+            }
+            _ => {
+                self.push(&[rex, opcode, 0x84 | reg, 0x24]);
+                self.push(&(displacement as u32).to_le_bytes());
+            }
+        }
+    }
+
+    /// `lea reg, [rsp + displacement]` (reg 0..8 only).
+    fn lea_rsp(&mut self, register: u8, displacement: i32) {
+        self.push(&[0x48, 0x8d, 0x84 | ((register & 7) << 3), 0x24]);
+        self.push(&displacement.to_le_bytes());
+    }
+
+    /// `mov reg, imm64` (reg 0..8 only).
+    fn mov_imm64(&mut self, register: u8, value: u64) {
+        self.push(&[0x48, 0xb8 | (register & 7)]);
+        self.push(&value.to_le_bytes());
+    }
+
+    fn address(&self, base: u64) -> u64 {
+        base.wrapping_add(self.len as u64)
+    }
+}
+
+/// Builds the detour for a jump at `address`, placed at `detour_address`.
+/// `code` holds the original bytes from `address` (up to [`MAX_WINDOW`] are
+/// decoded); `window` is how many of them the client vouches no branch enters.
+/// The detour calls `entry(regs: &mut TrapRegisters, cookie)`.
+pub(crate) fn build(
+    address: u64,
+    code: &[u8],
+    window: usize,
+    detour_address: u64,
+    entry: u64,
+    cookie: u64,
+) -> Result<Detour, DetourError> {
+    let code = code.get(..MAX_WINDOW).unwrap_or(code);
+    let mut out = Emitter {
+        bytes: [0xcc; MAX_DETOUR],
+        len: 0,
+        overflowed: false,
+    };
+    out.push(&[0x9c]); // pushfq
+    out.lea_rsp(4, -(FRAME as i32)); // lea rsp, [rsp - FRAME]
+    for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
+        if dwarf != RSP {
+            out.rsp_relative(true, register, REGS + 8 * dwarf);
+        }
+    }
+    out.lea_rsp(0, FRAME as i32 + 8); // lea rax, [rsp + FRAME + 8]
+    out.rsp_relative(true, 0, REGS + 8 * RSP);
+    out.rsp_relative(false, 0, FRAME); // mov rax, [rsp + FRAME]: the flags
+    out.rsp_relative(true, 0, FLAGS);
+    out.mov_imm64(0, address);
+    out.rsp_relative(true, 0, PC);
+    out.push(&[0x48, 0x89, 0xe7]); // mov rdi, rsp
+    out.mov_imm64(6, cookie); // mov rsi, cookie
+    out.push(&[0x48, 0x89, 0xe3]); // mov rbx, rsp
+    out.push(&[0x48, 0x83, 0xe4, 0xf0]); // and rsp, -16
+    out.mov_imm64(0, entry);
+    out.push(&[0xff, 0xd0]); // call rax
+    out.push(&[0x48, 0x89, 0xdc]); // mov rsp, rbx
+    for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
+        if dwarf != RSP {
+            out.rsp_relative(false, register, REGS + 8 * dwarf);
+        }
+    }
+    out.lea_rsp(4, FRAME as i32); // lea rsp, [rsp + FRAME]
+    out.push(&[0x9d]); // popfq
+
+    let mut covered = 0;
+    while covered < JUMP_LEN {
+        let at = address.wrapping_add(covered as u64);
+        let rest = code.get(covered..).unwrap_or(&[]);
+        if rest.is_empty() || covered >= window {
+            return Err(DetourError::WindowTooShort);
+        }
+        let (displaced, slot) = arch::prepare(at, rest, out.address(detour_address))
+            .map_err(|_| DetourError::Unrelocatable(at))?;
+        let len = displaced.len();
+        if displaced.is_emulated() || transfers_control(displaced.original()) {
+            return Err(DetourError::Unrelocatable(at));
+        }
+        if covered + len > window {
+            return Err(DetourError::WindowTooShort);
+        }
+        out.push(
+            slot.bytes()
+                .get(..len)
+                .ok_or(DetourError::Unrelocatable(at))?,
+        );
+        covered += len;
+    }
+
+    let back = address.wrapping_add(covered as u64);
+    let after = out.address(detour_address).wrapping_add(JUMP_LEN as u64);
+    match i32::try_from(back.wrapping_sub(after) as i64) {
+        Ok(relative) => {
+            out.push(&[0xe9]);
+            out.push(&relative.to_le_bytes());
+        }
+        Err(_) => {
+            out.push(&[0xff, 0x25, 0, 0, 0, 0]);
+            out.push(&back.to_le_bytes());
+        }
+    }
+    if out.overflowed {
+        return Err(DetourError::TooLarge);
+    }
+    Ok(Detour {
+        bytes: out.bytes,
+        len: out.len,
+        covered,
+    })
+}
+
+/// Whether `bytes` (one instruction) is an indirect `call` or `jmp` (`FF /2../5`),
+/// which [`arch::prepare`] may run out of line but which never reaches the
+/// detour's jump back.
+fn transfers_control(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    while let [prefix, tail @ ..] = rest {
+        if matches!(
+            prefix,
+            0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65
+        ) || (0x40..=0x4f).contains(prefix)
+        {
+            rest = tail;
+        } else {
+            break;
+        }
+    }
+    matches!(rest, [0xff, modrm, ..] if (2..=5).contains(&((modrm >> 3) & 7)))
+}
+
+/// The jump written at `address` to `target`: `jmp rel32`, if it reaches.
+pub(crate) fn jump(address: u64, target: u64) -> Option<[u8; JUMP_LEN]> {
+    let relative =
+        i32::try_from(target.wrapping_sub(address.wrapping_add(JUMP_LEN as u64)) as i64).ok()?;
+    let mut bytes = [0xe9, 0, 0, 0, 0];
+    bytes[1..].copy_from_slice(&relative.to_le_bytes());
+    Some(bytes)
+}
