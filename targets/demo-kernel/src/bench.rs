@@ -24,6 +24,8 @@
 //!    table does not change), the realistic figure for the marker goal beside the
 //!    tiny call's. Each is the best of five such figures, taken alternately, since
 //!    the difference sought is smaller than the drift between rounds.
+//! 9. and 10. 3. and 4. again as jump probes (`Jump`): `bench_call`'s prologue
+//!    replaced by a jump to the stub's detour, no trap taken.
 //!
 //! Each round runs with interrupts off, so timer ticks do not land in it. It
 //! prints one table on COM1, then the ratios the project's goals are about (a
@@ -212,6 +214,23 @@ impl Session {
         }
     }
 
+    /// Turns `probe` (on [`bench_call`], at `target`) into a jump probe and checks
+    /// that the jump is written. `bench_call` has no branch: its whole prologue
+    /// (`push rbp; mov rbp, rsp; push rax`, 5 bytes) is a window.
+    fn jump(&mut self, probe: u32, target: u64) {
+        self.expect_done(
+            "jump",
+            RequestBody::Jump {
+                probe: ProbeId(probe),
+                window: 5,
+            },
+        );
+        let mut opcode = [0u8; 1];
+        if STUB.platform().read_kernel(&mut opcode, target).is_err() || opcode != [0xe9] {
+            verdict::fail(format_args!("bench: no jump written at {target:#x}: {opcode:x?}"));
+        }
+    }
+
     /// The count of key 0 of count map `map` (summed over the CPUs).
     fn count(&mut self, map: u16) -> u64 {
         match self.request(RequestBody::ReadMap {
@@ -350,7 +369,7 @@ pub(crate) fn run(unit: Unit) -> ! {
 
     // 4. Probed, count().
     session.expect_done("map 1", RequestBody::DefineMap(count_map(1)));
-    let probe = session.arm("the count() handler", dynamic, &count_handler(1));
+    let probe = session.arm("the count() handler", dynamic.clone(), &count_handler(1));
     let counted = cycles_per_call(|index| {
         black_box(bench_call(index));
     });
@@ -380,11 +399,36 @@ pub(crate) fn run(unit: Unit) -> ! {
         },
     );
 
+    // 9. and 10. The same probes entered by a jump instead of int3.
+    let probe = session.arm("the empty handler (jump)", dynamic.clone(), EMPTY_HANDLER);
+    session.jump(probe, target);
+    let jump_empty = cycles_per_call(|index| {
+        black_box(bench_call(index));
+    });
+    session.expect_done(
+        "disarm",
+        RequestBody::Disarm {
+            probe: ProbeId(probe),
+        },
+    );
+    session.expect_done("map 3", RequestBody::DefineMap(count_map(3)));
+    let probe = session.arm("the count() handler (jump)", dynamic, &count_handler(3));
+    session.jump(probe, target);
+    let jump_counted = cycles_per_call(|index| {
+        black_box(bench_call(index));
+    });
+    session.expect_done(
+        "disarm",
+        RequestBody::Disarm {
+            probe: ProbeId(probe),
+        },
+    );
+
     let calls = CALLS * ROUNDS as u64;
-    let (probe_count, marker_count) = (session.count(1), session.count(2));
-    if probe_count != calls || marker_count != calls {
+    let counts = [session.count(1), session.count(2), session.count(3)];
+    if counts != [calls; 3] {
         verdict::fail(format_args!(
-            "bench: count maps say {probe_count} probed and {marker_count} marker calls, {calls} were made"
+            "bench: count maps say {counts:?} (probed, marker, jump-probed calls), {calls} each were made"
         ));
     }
     session.expect_done("goodbye", RequestBody::Goodbye);
@@ -400,11 +444,18 @@ pub(crate) fn run(unit: Unit) -> ! {
     row("enabled marker, count() handler", enabled_marker);
     row("work call (320-word checksum)", work);
     row("work call with a disabled marker", marked_work);
+    row("jump probe, empty handler", jump_empty);
+    row("jump probe, count() handler", jump_counted);
     let ratio = counted / bare_int3;
+    let jump_ratio = jump_counted / bare_int3;
     let marker_overhead = (disabled_marker - unprobed) / unprobed * 100.0;
     println!(
         "bench: probed count() / bare int3 = {ratio:.2} (goal <= 1.2: {})",
         if ratio <= 1.2 { "met" } else { "not met" }
+    );
+    println!(
+        "bench: jump-probed count() / bare int3 = {jump_ratio:.2} (goal <= 1.2: {})",
+        if jump_ratio <= 1.2 { "met" } else { "not met" }
     );
     println!(
         "bench: disabled marker adds {marker_overhead:+.2} % to the un-probed call (goal < 1 %: {})",

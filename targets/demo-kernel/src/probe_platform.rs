@@ -64,7 +64,7 @@ use kernel_stub::interpreter::Fault;
 use kernel_stub::{MarkerSite, Platform, Stub, TextError, TrapOutcome};
 use probe_port_protocol::message::Arch;
 
-use crate::traps::{self, SERIALIZE_VECTOR, TrapDisposition, TrapFrame};
+use crate::traps::{self, SERIALIZE_VECTOR, STOP_VECTOR, TrapDisposition, TrapFrame};
 use crate::{apic, percpu, sched, time};
 
 /// The probe stub.
@@ -113,6 +113,14 @@ static WAKE_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Bumped by every text write; each CPU acknowledges it from the serialise IPI.
 static TEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Stopped text writes: the generation of the latest stop, the generation up to
+/// which held CPUs are released, and per CPU the generation it is held for.
+static STOP_GENERATION: AtomicU64 = AtomicU64::new(0);
+static RELEASED_GENERATION: AtomicU64 = AtomicU64::new(0);
+static HELD: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+/// How long a stopped write waits for the other CPUs to be held.
+const STOP_TIMEOUT_NS: u64 = 50_000_000;
 
 /// An int3 the benchmark plants to measure a bare trap round trip: the #BP hook
 /// resumes after it without asking the stub (0: none).
@@ -410,6 +418,67 @@ fn serialize_every_cpu() {
     }
 }
 
+/// The stop IPI: says this CPU is held, waits (interrupts off) until the writer
+/// releases it, then serialises. A CPU arriving after its stop was given up is
+/// released at once. Forbidden text: a held CPU spins here while text changes.
+#[unsafe(link_section = ".text.probeport_forbidden")]
+pub(crate) fn on_stop_interrupt() {
+    let generation = STOP_GENERATION.load(Ordering::SeqCst);
+    HELD[percpu::current().index()].store(generation, Ordering::SeqCst);
+    while RELEASED_GENERATION.load(Ordering::SeqCst) < generation {
+        core::hint::spin_loop();
+    }
+    serialize();
+}
+
+/// `Platform::write_text_stopped`: holds every other CPU in the stop IPI, checks
+/// that no thread resumes inside `avoid` (the scheduler's records of interrupts in
+/// progress, the held CPUs' own included), writes, releases. Forbidden text, as
+/// everything running while the other CPUs are held.
+#[unsafe(link_section = ".text.probeport_forbidden")]
+fn write_text_stopped(avoid: &[Range<u64>], writes: &[(u64, &[u8])]) -> Result<bool, TextError> {
+    let text = text_range();
+    for (address, bytes) in writes {
+        let end = address
+            .checked_add(bytes.len() as u64)
+            .ok_or(TextError::NotText)?;
+        if *address < text.start || end > text.end {
+            return Err(TextError::NotText);
+        }
+    }
+    if writes.is_empty() {
+        return Ok(true);
+    }
+    Ok(DemoPlatform.without_interrupts(|| {
+        let generation = STOP_GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+        let me = percpu::current().index();
+        let cpus = sched::cpu_count().max(1);
+        for cpu in (0..cpus).filter(|&cpu| cpu != me) {
+            apic::send_fixed_ipi(percpu::slot(cpu).apic_id.load(Ordering::Relaxed), STOP_VECTOR);
+        }
+        let deadline = time::now_ns() + STOP_TIMEOUT_NS;
+        let held = |cpu: usize| HELD[cpu].load(Ordering::SeqCst) >= generation;
+        while !(0..cpus).filter(|&cpu| cpu != me).all(held) && time::now_ns() < deadline {
+            core::hint::spin_loop();
+        }
+        let all_held = (0..cpus).filter(|&cpu| cpu != me).all(held);
+        let write = all_held && !sched::any_resumes_in(avoid);
+        if write {
+            for (address, bytes) in writes {
+                for (offset, byte) in bytes.iter().enumerate() {
+                    // SAFETY: inside the kernel's text (checked above), which is
+                    // identity-mapped writable; every other CPU is held in the stop
+                    // IPI and no thread resumes inside `avoid`.
+                    unsafe { ((address + offset as u64) as *mut u8).write_volatile(*byte) };
+                }
+            }
+        }
+        RELEASED_GENERATION.store(generation, Ordering::SeqCst);
+        serialize();
+        write
+    }))
+}
+
 /// Writes kernel text in place and returns once every CPU serialised.
 fn write_text(address: u64, bytes: &[u8]) -> Result<(), TextError> {
     let text = text_range();
@@ -490,6 +559,14 @@ impl Platform for DemoPlatform {
 
     fn write_text(&self, address: u64, bytes: &[u8]) -> Result<(), TextError> {
         write_text(address, bytes)
+    }
+
+    fn write_text_stopped(
+        &self,
+        avoid: &[Range<u64>],
+        writes: &[(u64, &[u8])],
+    ) -> Result<bool, TextError> {
+        write_text_stopped(avoid, writes)
     }
 
     #[unsafe(link_section = ".text.probeport_forbidden")]

@@ -146,7 +146,17 @@ pub(crate) struct Thread {
     pub(crate) rights: SpinLock<RightTable>,
     /// The simulated address space the syscall-like interface works on, or null.
     pub(crate) address_space: AtomicPtr<VmMap>,
+    /// Where the thread resumes from the interrupts in progress on it, innermost
+    /// last (see [`interrupted`]): a thread preempted by a timer tick keeps its
+    /// entry until it runs again and returns from that interrupt.
+    interrupted_pc: [AtomicU64; INTERRUPT_NESTING],
+    /// Entries of `interrupted_pc` in use.
+    interrupt_depth: AtomicUsize,
 }
+
+/// Interrupts that may be in progress on one thread at once and are recorded (the
+/// kernel's interrupt gates do not nest; one more level is headroom).
+const INTERRUPT_NESTING: usize = 4;
 
 impl Thread {
     const fn vacant() -> Thread {
@@ -164,6 +174,8 @@ impl Thread {
             exited: AtomicBool::new(false),
             rights: SpinLock::new(RightTable::new()),
             address_space: AtomicPtr::new(ptr::null_mut()),
+            interrupted_pc: [const { AtomicU64::new(0) }; INTERRUPT_NESTING],
+            interrupt_depth: AtomicUsize::new(0),
         }
     }
 
@@ -534,6 +546,45 @@ pub(crate) fn copy_current_name(dst: &mut [u8]) -> usize {
     let length = name.len().min(dst.len());
     dst[..length].copy_from_slice(&name[..length]);
     length
+}
+
+/// Records that an interrupt which may preempt (a tick, an IPI, a device) arrived
+/// on this CPU at `pc`; returns what [`interrupt_done`] needs. Interrupts off.
+pub(crate) fn interrupted(pc: u64) -> Option<&'static Thread> {
+    let thread = (current_tid() as usize).checked_sub(1).and_then(published)?;
+    let depth = thread.interrupt_depth.load(Ordering::Relaxed);
+    if let Some(slot) = thread.interrupted_pc.get(depth) {
+        slot.store(pc, Ordering::SeqCst);
+        thread.interrupt_depth.store(depth + 1, Ordering::SeqCst);
+    }
+    Some(thread)
+}
+
+/// Ends what [`interrupted`] recorded, on the same thread (which may have been
+/// switched out and back in meanwhile). Interrupts off.
+pub(crate) fn interrupt_done(thread: Option<&'static Thread>) {
+    if let Some(thread) = thread {
+        let depth = thread.interrupt_depth.load(Ordering::Relaxed);
+        if depth > 0 && depth <= INTERRUPT_NESTING {
+            thread.interrupt_depth.store(depth - 1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether some thread would resume, from an interrupt in progress on it, at an
+/// address inside one of `ranges`. Meaningful while every other CPU is held (the
+/// probe platform's stopped writes): then no record changes.
+pub(crate) fn any_resumes_in(ranges: &[core::ops::Range<u64>]) -> bool {
+    threads().any(|thread| {
+        let depth = thread
+            .interrupt_depth
+            .load(Ordering::SeqCst)
+            .min(INTERRUPT_NESTING);
+        thread.interrupted_pc[..depth].iter().any(|pc| {
+            let pc = pc.load(Ordering::SeqCst);
+            ranges.iter().any(|range| range.contains(&pc))
+        })
+    })
 }
 
 /// The thread running on this CPU. Panics before the scheduler runs here.

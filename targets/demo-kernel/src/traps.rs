@@ -104,6 +104,9 @@ pub(crate) const SERIALIZE_VECTOR: u8 = 0x42;
 const GENERAL_PROTECTION_VECTOR: u64 = 13;
 /// COM2 (ISA IRQ 3) through the IOAPIC.
 pub(crate) const COM2_VECTOR: u8 = 0x43;
+/// Inter-processor interrupt: hold here while another CPU writes text
+/// (`probe_platform.rs`, stopped writes).
+pub(crate) const STOP_VECTOR: u8 = 0x44;
 /// Local APIC spurious-interrupt vector.
 pub(crate) const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -292,24 +295,37 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         ),
         // The interrupts acknowledge first: the scheduler may switch threads before
         // this handler returns, and an unacknowledged vector would block its CPU.
+        // Each records where its thread resumes, for the stopped text writes.
         vector if vector == u64::from(TIMER_VECTOR) => {
+            let thread = sched::interrupted(frame.rip);
             apic::on_timer_interrupt();
             crate::probe_platform::on_timer(frame);
             sched::on_tick();
+            sched::interrupt_done(thread);
         }
         vector if vector == u64::from(SERIALIZE_VECTOR) => {
             crate::probe_platform::on_serialize_interrupt();
             apic::end_of_interrupt();
         }
+        vector if vector == u64::from(STOP_VECTOR) => {
+            let thread = sched::interrupted(frame.rip);
+            apic::end_of_interrupt();
+            crate::probe_platform::on_stop_interrupt();
+            sched::interrupt_done(thread);
+        }
         vector if vector == u64::from(RESCHEDULE_VECTOR) => {
+            let thread = sched::interrupted(frame.rip);
             apic::end_of_interrupt();
             sched::preempt();
+            sched::interrupt_done(thread);
         }
         // The relay was woken: let it run now rather than at the next tick.
         vector if vector == u64::from(COM2_VECTOR) => {
+            let thread = sched::interrupted(frame.rip);
             com2::on_interrupt();
             apic::end_of_interrupt();
             sched::preempt();
+            sched::interrupt_done(thread);
         }
         vector if vector == u64::from(SPURIOUS_VECTOR) => {}
         // Spurious IRQ 7 / 15 from the (masked) legacy PICs: no EOI, nothing to do.
