@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use common::*;
 use probe_port_protocol::error::ErrorCode;
-use probe_port_protocol::message::{ArgType, ReplyBody, RequestBody, Site, TimerScope};
+use probe_port_protocol::message::{ArgType, ProbeId, ReplyBody, RequestBody, Site, TimerScope};
 use qemu::TcgThreading;
 
 /// Harness deadline of one boot.
@@ -215,6 +215,89 @@ fn entry_probes_see_the_workload_arguments_on_both_cpus() {
         assert_eq!(event_cpus[&cpu.cpu], cpu.emitted);
         assert_eq!((cpu.emitted, cpu.lost), (cpu.next_seq, 0));
     }
+    run.goodbye_and_pass();
+}
+
+#[test]
+fn jump_probes_see_the_same_calls_as_breakpoints_and_leave_the_text_as_it_was() {
+    // Single-threaded TCG: the stub writes text the other vCPU runs.
+    const ROUNDS: u64 = 40;
+    let image = kernel_image();
+    let debuginfo = userland_client::debuginfo::Kernel::open(demo_kernel())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut run = boot(ROUNDS, "", TcgThreading::Single);
+    run.hello();
+    // Functions without jump tables (`sys::dispatch` has one: no jump there).
+    let functions = [
+        "demo_kernel::workload::client_round",
+        "demo_kernel::ipc::ports::port_send",
+    ];
+    let entries: Vec<u64> = functions
+        .iter()
+        .map(|name| image.function(name).address)
+        .collect();
+    let before: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|&entry| run.read_memory(entry, 32))
+        .collect();
+    // client_round(client, round) as in the entry-probe test (esi, edx: slots 4
+    // and 1); port_send(right, message): the right in edi (slot 5).
+    let rounds_probe = run.arm_entry(functions[0], &emit_slots(&[4, 1]));
+    let send_probe = run.arm_entry(functions[1], &emit_slots(&[5]));
+    for (probe, &entry) in [rounds_probe, send_probe].into_iter().zip(&entries) {
+        let window = userland_client::resolve::jump_window(&debuginfo, entry);
+        assert!(window >= 5, "window {window} at {entry:#x}");
+        run.done(RequestBody::Jump {
+            probe: ProbeId(probe),
+            window,
+        });
+    }
+    // Staged until Start; then, with the workload parked outside these functions
+    // (Start opens its gate after the text is written), the jumps are written.
+    assert_eq!(run.read_memory(entries[0], 32), before[0]);
+    run.start_workload();
+    for &entry in &entries {
+        assert_eq!(run.read_memory(entry, 1), [0xe9], "a jump at {entry:#x}");
+    }
+    run.wait_workload(ROUNDS, WORKLOAD_TIMEOUT);
+    run.done(RequestBody::Stop);
+    for (entry, before) in entries.iter().zip(&before) {
+        assert_eq!(&run.read_memory(*entry, 32), before, "text at {entry:#x}");
+    }
+    let (events, losses) = split_unsolicited(run.take_unsolicited());
+    assert!(losses.is_empty(), "{losses:?}");
+    let mut pairs: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|event| event.probe == rounds_probe)
+        .map(|event| {
+            let words = words(event);
+            (words[0] & 0xffff_ffff, words[1] & 0xffff_ffff)
+        })
+        .collect();
+    pairs.sort_unstable();
+    let expected: Vec<(u64, u64)> = (0..CLIENTS)
+        .flat_map(|client| (0..ROUNDS).map(move |round| (client, round)))
+        .collect();
+    assert_eq!(pairs, expected);
+    // Clients send through right 0 (the request port), the server through 1 + c.
+    let by_right = count_values(
+        events
+            .iter()
+            .filter(|event| event.probe == send_probe)
+            .map(|event| words(event)[0] & 0xffff_ffff),
+    );
+    let n = ROUNDS;
+    assert_eq!(
+        by_right,
+        BTreeMap::from([(0, CLIENTS * n), (1, n), (2, n), (3, n), (4, n)])
+    );
+    let sends = run.probe_stats(send_probe);
+    assert_eq!(
+        (sends.hits, sends.misses, sends.faults),
+        (expected_totals(n)["sends"], 0, 0)
+    );
+    let event_cpus = count_values(events.iter().map(|event| event.cpu));
+    assert_eq!(event_cpus.len(), 2, "events from both CPUs: {event_cpus:?}");
     run.goodbye_and_pass();
 }
 

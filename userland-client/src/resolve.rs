@@ -201,6 +201,60 @@ pub fn lang_location(location: &Location) -> r::Location {
     mapped.unwrap_or_else(r::Location::Unavailable)
 }
 
+/// The window a `Jump` request may claim at `address`: how many bytes from it no
+/// branch of its function lands inside (a branch to `address` itself is fine),
+/// at most 255 and never past the end of the function's range. 0 — no jump — when
+/// the function cannot be decoded or has an indirect jump (a jump table may land
+/// anywhere in it). Branches from other functions into this one are not seen;
+/// compilers emit none but to a function's entry (a split function's parts are
+/// all decoded, as its ranges).
+pub fn jump_window(kernel: &Kernel, address: u64) -> u8 {
+    let Some(ranges) = kernel.code_ranges_at(address) else {
+        return 0;
+    };
+    let bitness = match kernel.architecture() {
+        debuginfo::Architecture::X86_64 => 64,
+        _ => return 0,
+    };
+    let Some(own) = ranges.iter().find(|range| range.contains(&address)) else {
+        return 0;
+    };
+    let mut window = (own.end - address).min(255);
+    for range in &ranges {
+        let Ok(length) = usize::try_from(range.end - range.start) else {
+            return 0;
+        };
+        let Some(code) = kernel.code_bytes(range.start, length) else {
+            return 0;
+        };
+        let mut decoder =
+            iced_x86::Decoder::with_ip(bitness, code, range.start, iced_x86::DecoderOptions::NONE);
+        while decoder.can_decode() {
+            let instruction = decoder.decode();
+            if instruction.is_invalid() {
+                return 0;
+            }
+            match instruction.op0_kind() {
+                iced_x86::OpKind::NearBranch16
+                | iced_x86::OpKind::NearBranch32
+                | iced_x86::OpKind::NearBranch64 => {
+                    let target = instruction.near_branch_target();
+                    if target > address && target - address < window {
+                        window = target - address;
+                    }
+                }
+                iced_x86::OpKind::Register | iced_x86::OpKind::Memory
+                    if instruction.mnemonic() == iced_x86::Mnemonic::Jmp =>
+                {
+                    return 0;
+                }
+                _ => {}
+            }
+        }
+    }
+    window as u8
+}
+
 fn strip_keyword<'n>(name: &'n str, keyword: &str) -> &'n str {
     name.strip_prefix(keyword)
         .and_then(|rest| rest.strip_prefix(' '))

@@ -36,7 +36,7 @@ use lang::source::Sources;
 use lang::{CompileOptions, compile};
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::maps::{AggregateKind, MapId};
-use probe_port_protocol::message::{ArmRequest, ProbeId, ReplyBody, RequestBody};
+use probe_port_protocol::message::{ArmRequest, Capabilities, ProbeId, ReplyBody, RequestBody};
 use serde_json::json;
 
 use crate::debuginfo::{BuildIdMismatch, Kernel};
@@ -317,6 +317,8 @@ struct Session<'a, 'w, S> {
     summary: Summary,
     /// Marker sites and names, for printing `probefunc` at markers.
     marker_sites: std::rc::Rc<Vec<(u64, String)>>,
+    /// Whether the stub takes `Jump` requests.
+    jumps: bool,
 }
 
 /// How the running kernel's marker table (`running`) differs from the image's, or
@@ -378,6 +380,7 @@ pub fn run<S: TimedRead>(
         coverage: Coverage::default(),
         summary: Summary::default(),
         marker_sites: std::rc::Rc::default(),
+        jumps: false,
     };
     let result = session.run(sources, options, stop);
     // Whatever happened, end the session so the kernel restores its text at once.
@@ -402,17 +405,20 @@ impl<S: TimedRead> Session<'_, '_, S> {
         // Handshake and identity.
         let hello = self.port.hello(&options.client_name)?;
         self.last_request = Instant::now();
-        let (build_id, cpu_count, max_insns, lease_ms, map_memory) = match hello.ok()? {
-            ReplyBody::Hello(hello) => (
-                hello.kernel.build_id.to_vec(),
-                hello.cpu_count,
-                hello.limits.max_program_insns,
-                hello.lease_ms,
-                hello.limits.map_memory,
-            ),
-            other => return Err(unexpected("Hello", &other)),
-        };
+        let (build_id, cpu_count, max_insns, lease_ms, map_memory, capabilities) =
+            match hello.ok()? {
+                ReplyBody::Hello(hello) => (
+                    hello.kernel.build_id.to_vec(),
+                    hello.cpu_count,
+                    hello.limits.max_program_insns,
+                    hello.lease_ms,
+                    hello.limits.map_memory,
+                    hello.capabilities,
+                ),
+                other => return Err(unexpected("Hello", &other)),
+            };
         self.cpu_count = cpu_count.max(1);
+        self.jumps = capabilities.has(Capabilities::JUMP);
         if !build_id.is_empty() {
             self.kernel.check_build_id(&build_id)?;
         }
@@ -641,7 +647,12 @@ impl<S: TimedRead> Session<'_, '_, S> {
                 }))?;
                 let description = format!("{} at {}", probe.name, attachment.description);
                 match reply.get() {
-                    Ok(ReplyBody::Armed { probe }) => armed.push(Armed { probe, description }),
+                    Ok(ReplyBody::Armed { probe }) => {
+                        if let lang::compiled::SiteSpec::Dynamic { address, .. } = attachment.site {
+                            self.jump(probe, address)?;
+                        }
+                        armed.push(Armed { probe, description })
+                    }
                     Ok(other) => return Err(unexpected("Arm", &other)),
                     Err(error) => refused.push(format!("  {description}: {error}")),
                 }
@@ -652,6 +663,17 @@ impl<S: TimedRead> Session<'_, '_, S> {
         } else {
             Err(SessionError::Refused(refused))
         }
+    }
+
+    /// Asks the stub to enter a dynamic probe by a jump, when it can and the
+    /// function's code leaves room (`resolve::jump_window`). A refusal only means
+    /// the probe keeps its breakpoint: it is not an error.
+    fn jump(&mut self, probe: ProbeId, address: u64) -> Result<(), SessionError> {
+        let window = crate::resolve::jump_window(self.kernel, address);
+        if self.jumps && window >= 5 {
+            self.request(RequestBody::Jump { probe, window })?;
+        }
+        Ok(())
     }
 
     /// Performs a `begin`/`end` action; true for `exit`.

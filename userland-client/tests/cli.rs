@@ -417,7 +417,9 @@ fn build_id_mismatch_names_both_ids() {
 
 #[test]
 fn ctrl_c_stops_cleanly_and_prints_the_end() {
-    let (socket, _directory, stub) = listen(faults_model());
+    let model = faults_model();
+    let started = model.started.clone();
+    let (socket, _directory, stub) = listen(model);
     let port = format!("unix:{}", socket.display());
     let child = Command::new(env!("CARGO_BIN_EXE_probeport"))
         .args(["run", "--kernel", demo(), "--port", &port, "-e", FAULTS])
@@ -426,8 +428,17 @@ fn ctrl_c_stops_cleanly_and_prints_the_end() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the session has started (the fake saw `Start`), then interrupt.
-    thread::sleep(Duration::from_millis(1500));
+    // Wait until the session has started (the fake answered `Start`), then
+    // interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never started"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(100));
     // SAFETY: sending a signal to our own child, which is still running.
     let sent = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(sent, 0);

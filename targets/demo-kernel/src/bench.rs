@@ -227,7 +227,9 @@ impl Session {
         );
         let mut opcode = [0u8; 1];
         if STUB.platform().read_kernel(&mut opcode, target).is_err() || opcode != [0xe9] {
-            verdict::fail(format_args!("bench: no jump written at {target:#x}: {opcode:x?}"));
+            verdict::fail(format_args!(
+                "bench: no jump written at {target:#x}: {opcode:x?}"
+            ));
         }
     }
 

@@ -454,7 +454,10 @@ fn write_text_stopped(avoid: &[Range<u64>], writes: &[(u64, &[u8])]) -> Result<b
         let me = percpu::current().index();
         let cpus = sched::cpu_count().max(1);
         for cpu in (0..cpus).filter(|&cpu| cpu != me) {
-            apic::send_fixed_ipi(percpu::slot(cpu).apic_id.load(Ordering::Relaxed), STOP_VECTOR);
+            apic::send_fixed_ipi(
+                percpu::slot(cpu).apic_id.load(Ordering::Relaxed),
+                STOP_VECTOR,
+            );
         }
         let deadline = time::now_ns() + STOP_TIMEOUT_NS;
         let held = |cpu: usize| HELD[cpu].load(Ordering::SeqCst) >= generation;

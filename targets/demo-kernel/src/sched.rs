@@ -551,7 +551,9 @@ pub(crate) fn copy_current_name(dst: &mut [u8]) -> usize {
 /// Records that an interrupt which may preempt (a tick, an IPI, a device) arrived
 /// on this CPU at `pc`; returns what [`interrupt_done`] needs. Interrupts off.
 pub(crate) fn interrupted(pc: u64) -> Option<&'static Thread> {
-    let thread = (current_tid() as usize).checked_sub(1).and_then(published)?;
+    let thread = (current_tid() as usize)
+        .checked_sub(1)
+        .and_then(published)?;
     let depth = thread.interrupt_depth.load(Ordering::Relaxed);
     if let Some(slot) = thread.interrupted_pc.get(depth) {
         slot.store(pc, Ordering::SeqCst);

@@ -470,6 +470,17 @@ impl Kernel {
         Some((record.name.clone(), range))
     }
 
+    /// Every code range of the out-of-line function copy containing `address`
+    /// (more than one when the compiler split the function).
+    pub fn code_ranges_at(&self, address: u64) -> Option<Vec<std::ops::Range<u64>>> {
+        let (function, instance) = self.index.code_at(address)?;
+        Some(
+            self.index.functions[function].instances[instance]
+                .ranges
+                .clone(),
+        )
+    }
+
     /// The image path.
     pub fn path(&self) -> &Path {
         &self.path

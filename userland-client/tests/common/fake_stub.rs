@@ -48,6 +48,8 @@ pub struct Model {
     /// Per probe: (faults, last fault address, misses, drops).
     pub probe_stats: HashMap<u32, (u64, u64, u64, u64)>,
     pub lease_ms: u32,
+    /// Set once `Start` was answered (for tests that act on a running session).
+    pub started: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An owned `ErrorDetail`.
@@ -176,6 +178,9 @@ pub fn serve<S: Read + Write>(mut stream: S, model: Model) -> Seen {
                 }
                 RequestBody::Start => {
                     reply(&mut stream, Ok(ReplyBody::Done));
+                    model
+                        .started
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     for emit in &model.emit {
                         match emit {
                             Emit::Event {
