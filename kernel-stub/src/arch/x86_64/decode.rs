@@ -13,8 +13,10 @@
 //! - legacy prefixes (operand size, address size, segment, `lock`, `rep`/`repne`),
 //!   REX (which only counts when it comes last, right before the opcode);
 //! - the one-byte map, `0F`, `0F 38` and `0F 3A` (with the mandatory prefixes of
-//!   SSE instructions), x87, VEX (`C4`/`C5`) for a list of common AVX, AVX2, FMA
-//!   and BMI instructions;
+//!   SSE instructions), x87; VEX (`C4`/`C5`) for a list of common AVX, AVX2, FMA,
+//!   FMA4, BMI and opmask instructions, and EVEX (`62`) for a list of common
+//!   AVX-512 ones (moves, compares into opmasks, integer arithmetic and logic),
+//!   each with its constraints on VEX.L/W/vvvv and EVEX.z/aaa/b;
 //! - ModRM, SIB, displacements (RIP-relative with `mod = 00, rm = 101`, which the
 //!   address-size prefix turns EIP-relative) and immediates (the operand-size
 //!   prefix and REX.W effects, `mov r64, imm64`, `moffs` forms, `enter`, group 3
@@ -26,9 +28,11 @@
 //!   exactly; what the tables do not know is `None`, and so is anything invalid
 //!   in 64-bit mode (`push es`, `daa`, `pusha`, `bound`, far `call`/`jmp`
 //!   immediates, `into`, `aam`, `aad`, `salc`, `les`/`lds`), `lock` where it
-//!   would raise #UD, EVEX (`62`), XOP (`8F` with a map select) and 3DNow!
-//!   (`0F 0F`). The differential tests hold every accepted instruction to
-//!   iced-x86's length for it.
+//!   would raise #UD, VEX and EVEX instructions not in the lists (and any EVEX
+//!   broadcast or embedded rounding), XOP (`8F` with a map select) and 3DNow!
+//!   (`0F 0F`). Several competing mandatory prefixes (`66` with `F3`, say) are
+//!   left out too. The differential tests hold every accepted instruction to
+//!   iced-x86's length and field offsets for it.
 //! - Never panics and never allocates, on any input: every byte is read with
 //!   `get`, and nothing is read past [`MAX_LEN`] bytes.
 
@@ -48,6 +52,8 @@ pub enum OpcodeMap {
     Escape3A,
     /// VEX-encoded, with its map select: 1 (`0F`), 2 (`0F 38`) or 3 (`0F 3A`).
     Vex(u8),
+    /// EVEX-encoded, with its map select: 1 (`0F`), 2 (`0F 38`) or 3 (`0F 3A`).
+    Evex(u8),
 }
 
 /// Where a field sits in the instruction, in bytes from its start.
@@ -194,7 +200,8 @@ impl Instruction {
         self.opcode
     }
 
-    /// The raw ModRM byte, if the instruction has one.
+    /// The ModRM byte, if the instruction has one (for `mov` to and from control
+    /// and debug registers, which ignore `mod`, with `mod` set to 3).
     pub fn modrm_byte(&self) -> Option<u8> {
         self.modrm
     }
@@ -252,7 +259,8 @@ impl Instruction {
         self.sib.map_or(1, |sib| 1 << (sib >> 6))
     }
 
-    /// The displacement, sign-extended (0 without one).
+    /// The displacement as encoded, sign-extended (0 without one; an EVEX `disp8`
+    /// is not scaled).
     pub fn displacement_value(&self, code: &[u8]) -> u64 {
         self.displacement
             .and_then(|field| read_signed(code, field))
@@ -481,6 +489,10 @@ const K_RM: u16 = 1 << 12;
 /// VEX.vvvv names an opmask register (k0 to k7).
 const K_VVVV: u16 = 1 << 13;
 const K_ALL: u16 = K_REG | K_RM | K_VVVV;
+/// EVEX: no zeroing-masking with a memory operand (a store).
+const NO_ZEROING_MEMORY: u16 = 1 << 14;
+/// EVEX: no masking at all.
+const NO_MASK: u16 = 1 << 15;
 
 const fn entry(map: u8, first: u8, last: u8, prefixes: u8, flags: u16) -> Entry {
     Entry {
@@ -665,6 +677,74 @@ const VEX: &[Entry] = &[
     entry(3, 0xf0, 0xf0, PF2, L0 | NO_VVVV | IMMEDIATE),
 ];
 
+const ANY: u8 = P66 | PF3 | PF2;
+
+/// EVEX-encoded (AVX-512) instructions accepted, all without broadcast or
+/// embedded rounding (EVEX.b clear): maps 1 (`0F`), 2 (`0F 38`), 3 (`0F 3A`).
+/// [`K_REG`] marks an opmask destination (compares and tests).
+const EVEX: &[Entry] = &[
+    // vmovups, vmovaps (W0); vmovupd, vmovapd (W1).
+    entry(1, 0x10, 0x10, NP, W0 | NO_VVVV),
+    entry(1, 0x10, 0x10, P66, W1 | NO_VVVV),
+    entry(1, 0x11, 0x11, NP, W0 | NO_VVVV | NO_ZEROING_MEMORY),
+    entry(1, 0x11, 0x11, P66, W1 | NO_VVVV | NO_ZEROING_MEMORY),
+    entry(1, 0x28, 0x28, NP, W0 | NO_VVVV),
+    entry(1, 0x28, 0x28, P66, W1 | NO_VVVV),
+    entry(1, 0x29, 0x29, NP, W0 | NO_VVVV | NO_ZEROING_MEMORY),
+    entry(1, 0x29, 0x29, P66, W1 | NO_VVVV | NO_ZEROING_MEMORY),
+    // vpcmpgtb, vpcmpgtw, vpcmpgtd; vpcmpeqb, vpcmpeqw, vpcmpeqd.
+    entry(1, 0x64, 0x65, P66, K_REG),
+    entry(1, 0x66, 0x66, P66, W0 | K_REG),
+    entry(1, 0x74, 0x75, P66, K_REG),
+    entry(1, 0x76, 0x76, P66, W0 | K_REG),
+    // vmovdqa32/64, vmovdqu32/64, vmovdqu8/16.
+    entry(1, 0x6f, 0x6f, ANY, NO_VVVV),
+    entry(1, 0x7f, 0x7f, ANY, NO_VVVV | NO_ZEROING_MEMORY),
+    // vpshufd.
+    entry(1, 0x70, 0x70, P66, W0 | NO_VVVV | IMMEDIATE),
+    // vpaddq, vpmuludq, vpsubq (W1); vpsubd, vpaddd (W0).
+    entry(1, 0xd4, 0xd4, P66, W1),
+    entry(1, 0xf4, 0xf4, P66, W1),
+    entry(1, 0xfb, 0xfb, P66, W1),
+    entry(1, 0xfa, 0xfa, P66, W0),
+    entry(1, 0xfe, 0xfe, P66, W0),
+    // Byte and word arithmetic, minimum and maximum; vpand, vpandn, vpor, vpxor
+    // (d with W0, q with W1).
+    entry(1, 0xd8, 0xdf, P66, 0),
+    entry(1, 0xe0, 0xe0, P66, 0),
+    entry(1, 0xe3, 0xe3, P66, 0),
+    entry(1, 0xe8, 0xef, P66, 0),
+    entry(1, 0xf8, 0xf9, P66, 0),
+    entry(1, 0xfc, 0xfd, P66, 0),
+    // vmovntdq.
+    entry(1, 0xe7, 0xe7, P66, W0 | NO_VVVV | MEMORY | NO_MASK),
+    // vpshufb.
+    entry(2, 0x00, 0x00, P66, 0),
+    // vptestmb/w/d/q (66), vptestnmb/w/d/q (F3).
+    entry(2, 0x26, 0x27, P66 | PF3, K_REG),
+    // vpminsb, vpminsd/q, vpminuw, vpminud/q, vpmaxsb, vpmaxsd/q, vpmaxuw, vpmaxud/q.
+    entry(2, 0x38, 0x3f, P66, 0),
+    // vpbroadcastd, vpbroadcastb, vpbroadcastw.
+    entry(2, 0x58, 0x58, P66, W0 | NO_VVVV),
+    entry(2, 0x78, 0x79, P66, W0 | NO_VVVV),
+    // vpbroadcastb/w/d/q from a general purpose register.
+    entry(2, 0x7a, 0x7b, P66, W0 | NO_VVVV | REGISTER),
+    entry(2, 0x7c, 0x7c, P66, NO_VVVV | REGISTER),
+    // vpblendmd/q, vpblendmb/w.
+    entry(2, 0x64, 0x64, P66, 0),
+    entry(2, 0x66, 0x66, P66, 0),
+    // vpermb, vpermw.
+    entry(2, 0x8d, 0x8d, P66, 0),
+    // vpmadd52luq, vpmadd52huq.
+    entry(2, 0xb4, 0xb5, P66, W1),
+    // valignd/q, vpalignr, vpcmpud/uq, vpcmpd/q, vpternlogd/q, vpcmpub/uw, vpcmpb/w.
+    entry(3, 0x03, 0x03, P66, IMMEDIATE),
+    entry(3, 0x0f, 0x0f, P66, IMMEDIATE),
+    entry(3, 0x1e, 0x1f, P66, K_REG | IMMEDIATE),
+    entry(3, 0x25, 0x25, P66, IMMEDIATE),
+    entry(3, 0x3e, 0x3f, P66, K_REG | IMMEDIATE),
+];
+
 fn find(table: &[Entry], map: u8, opcode: u8, prefix: u8) -> Option<Entry> {
     table.iter().copied().find(|entry| {
         entry.map == map
@@ -774,8 +854,8 @@ pub fn decode(code: &[u8]) -> Option<Instruction> {
             }
         }
         0xc4 | 0xc5 => vex(&scan, &mut instruction, code, &mut position)?,
-        // EVEX, and XOP (`8F` whose would-be ModRM.reg is not 0).
-        0x62 => return None,
+        0x62 => evex(&scan, &mut instruction, code, &mut position)?,
+        // XOP (`8F` whose would-be ModRM.reg is not 0).
         0x8f if code.get(position).is_some_and(|byte| byte & 0x38 != 0) => return None,
         _ => table(&scan, &mut instruction, primary(first), code, &mut position)?,
     };
@@ -1197,6 +1277,62 @@ fn vex(
         if !valid {
             return None;
         }
+    }
+    Some(u8::from(flags & IMMEDIATE != 0))
+}
+
+/// EVEX (`62`, four bytes of prefix), for the instructions in [`EVEX`].
+fn evex(
+    scan: &Scan,
+    instruction: &mut Instruction,
+    code: &[u8],
+    position: &mut usize,
+) -> Option<u8> {
+    let prefixes = scan.prefixes;
+    if scan.rex != 0
+        || prefixes.lock()
+        || prefixes.operand_size()
+        || prefixes.repeat()
+        || prefixes.repeat_not_equal()
+    {
+        return None;
+    }
+    let payload = code.get(*position..*position + 3)?;
+    let (first, second, third) = (*payload.first()?, *payload.get(1)?, *payload.get(2)?);
+    *position += 3;
+    // P0: R X B R' 0 m m m (R, X, B, R' inverted); P1: W vvvv 1 pp (vvvv
+    // inverted); P2: z L'L b V' aaa (V' inverted).
+    let map = first & 7;
+    let r = first & 0x80 == 0;
+    let r_high = first & 0x10 == 0;
+    let w = second & 0x80 != 0;
+    let vvvv = (!second >> 3) & 0xf;
+    let prefix = 1 << (second & 3);
+    let zeroing = third & 0x80 != 0;
+    let length = (third >> 5) & 3;
+    let broadcast = third & 0x10 != 0;
+    let v_high = third & 0x08 == 0;
+    let mask = third & 7;
+    if first & 0x08 != 0 || second & 0x04 == 0 || broadcast || length == 3 {
+        return None;
+    }
+    instruction.opcode = *code.get(*position)?;
+    *position += 1;
+    instruction.map = OpcodeMap::Evex(map);
+    let entry = find(EVEX, map, instruction.opcode, prefix)?;
+    let flags = entry.flags;
+    let modrm = modrm_operand(instruction, code, position)?;
+    let memory = modrm.is_memory();
+    if !operand_form(flags, modrm)
+        || flags & W0 != 0 && w
+        || flags & W1 != 0 && !w
+        || flags & NO_VVVV != 0 && (vvvv != 0 || v_high)
+        || zeroing && mask == 0
+        || flags & K_REG != 0 && (r || r_high || zeroing)
+        || flags & NO_ZEROING_MEMORY != 0 && memory && zeroing
+        || flags & NO_MASK != 0 && (mask != 0 || zeroing)
+    {
+        return None;
     }
     Some(u8::from(flags & IMMEDIATE != 0))
 }
