@@ -8,7 +8,8 @@
 //!
 //! 1. Decoder: whatever [`decode::decode`] accepts, iced-x86 decodes as a valid
 //!    instruction of the same length, with the displacement and immediate at the
-//!    same offsets and sizes and the same RIP-relative target.
+//!    same offsets and sizes and the same RIP-relative target; the bytes after it
+//!    change nothing, and one byte less is cut short.
 //! 2. Decisions: [`prepare`] gives exactly what the iced-based reference gives
 //!    (the same `Displaced`, compared through its `Debug` form, which spells out
 //!    the private emulation kind and targets, and the same slot bytes) — or it
@@ -498,6 +499,19 @@ fn check(tally: &mut Tally, address: u64, code: &[u8], slot_address: u64) {
             panic!("{}: accepted, but iced-x86 does not decode it", hex(window));
         };
         check_fields(address, window, ours, instruction, offsets);
+        // Nothing after the instruction matters, and one byte less is cut short.
+        assert_eq!(
+            decode::decode(&window[..ours.len()]).as_ref(),
+            Some(ours),
+            "{}",
+            hex(window)
+        );
+        assert_eq!(
+            decode::decode(&window[..ours.len() - 1]),
+            None,
+            "{}",
+            hex(window)
+        );
         tally.decoder_agreements += 1;
         *tally
             .accepted_maps
@@ -880,7 +894,7 @@ fn lengths_and_fields_of_tricky_encodings() {
 
 /// Bytes of `.text` swept per file, and how they are spread: from the start of
 /// `.text`, and from this many function symbols spread over it.
-const BYTES_PER_FILE: usize = 16 * 1024;
+const BYTES_PER_FILE: usize = 8 * 1024;
 const SYMBOL_STARTS: usize = 8;
 /// Libraries swept whole: the C library's and libm's hand-written SSE, AVX2 and
 /// AVX-512 variants, and OpenSSL's vector code.

@@ -89,7 +89,7 @@ pub struct TrapRegisters {
 /// The breakpoint instruction (`int3`).
 pub const BREAKPOINT: [u8; 1] = [0xcc];
 /// The longest x86 instruction.
-pub const MAX_INSN_LEN: usize = 15;
+pub const MAX_INSN_LEN: usize = decode::MAX_LEN;
 /// Bytes of one out-of-line slot (a multiple of 16): the longest instruction plus
 /// the longest jump back (`jmp [rip+0]` and an 8-byte address, 14 bytes).
 pub const SLOT_SIZE: usize = 32;
@@ -226,7 +226,7 @@ impl Displaced {
 
     /// The instruction's bytes.
     pub fn original(&self) -> &[u8] {
-        &self.bytes[..self.len()]
+        self.bytes.get(..self.len()).unwrap_or(&self.bytes)
     }
 
     /// The instruction's address.
@@ -277,7 +277,9 @@ impl SlotCode {
 
     /// The slot's code.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
+        self.bytes
+            .get(..usize::from(self.len))
+            .unwrap_or(&self.bytes)
     }
 
     fn push(&mut self, bytes: &[u8]) {
