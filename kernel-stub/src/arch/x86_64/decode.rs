@@ -745,6 +745,28 @@ const EVEX: &[Entry] = &[
     entry(3, 0x3e, 0x3f, P66, K_REG | IMMEDIATE),
 ];
 
+/// A 256-entry table from one of the `const fn`s above, built at compile time.
+macro_rules! byte_table {
+    ($describe:ident) => {{
+        let mut table = [0u8; 256];
+        let mut opcode = 0;
+        while opcode < 256 {
+            table[opcode] = $describe(opcode as u8);
+            opcode += 1;
+        }
+        table
+    }};
+}
+
+static PRIMARY: [u8; 256] = byte_table!(primary);
+static SECONDARY: [u8; 256] = byte_table!(secondary);
+static SSE_PREFIXES: [u8; 256] = byte_table!(sse_prefixes);
+
+/// Looks `opcode` up in a 256-entry table.
+fn lookup(table: &[u8; 256], opcode: u8) -> u8 {
+    table.get(usize::from(opcode)).copied().unwrap_or(INVALID)
+}
+
 fn find(table: &[Entry], map: u8, opcode: u8, prefix: u8) -> Option<Entry> {
     table.iter().copied().find(|entry| {
         entry.map == map
@@ -848,7 +870,7 @@ pub fn decode(code: &[u8]) -> Option<Instruction> {
                 _ => {
                     instruction.opcode = second;
                     instruction.map = OpcodeMap::Secondary;
-                    let spec = secondary(second);
+                    let spec = lookup(&SECONDARY, second);
                     table(&scan, &mut instruction, spec, code, &mut position)?
                 }
             }
@@ -857,7 +879,13 @@ pub fn decode(code: &[u8]) -> Option<Instruction> {
         0x62 => evex(&scan, &mut instruction, code, &mut position)?,
         // XOP (`8F` whose would-be ModRM.reg is not 0).
         0x8f if code.get(position).is_some_and(|byte| byte & 0x38 != 0) => return None,
-        _ => table(&scan, &mut instruction, primary(first), code, &mut position)?,
+        _ => table(
+            &scan,
+            &mut instruction,
+            lookup(&PRIMARY, first),
+            code,
+            &mut position,
+        )?,
     };
     if immediate_size > 0 {
         instruction.immediate = Some(Field {
@@ -960,7 +988,7 @@ fn table(
     }
     if spec & MANDATORY_PREFIX != 0 {
         let prefix = mandatory_prefix(scan)?;
-        if sse_prefixes(instruction.opcode) & prefix == 0
+        if lookup(&SSE_PREFIXES, instruction.opcode) & prefix == 0
             || !sse_operand_allowed(instruction.opcode, prefix, modrm)
         {
             return None;
