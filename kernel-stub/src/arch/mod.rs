@@ -16,6 +16,9 @@
 //! - [`resume`]: after the handler ran, make the trapped CPU execute the displaced
 //!   instruction and continue.
 //!
+//! x86_64 also exposes `decode`, the instruction decoder behind [`prepare`] and
+//! [`is_instruction_boundary`], for its differential tests against iced-x86.
+//!
 //! An unsupported architecture is a compile error.
 
 #[cfg(target_arch = "x86_64")]

@@ -44,8 +44,11 @@
 //!
 //! # Invariants
 //!
-//! - Nothing here allocates or panics, on any input: the decoder is iced-x86's,
-//!   which works on borrowed bytes, and every computation on addresses wraps.
+//! - Nothing here allocates or panics, on any input: the decoder ([`decode`]) works
+//!   on borrowed bytes with `get`, and every computation on addresses wraps.
+//! - The decoder accepts only what its tables describe exactly; anything else is
+//!   [`PrepareError::Undecodable`], never a guess. The refusals above are decided
+//!   by opcode (map, opcode byte, ModRM `/digit` or byte, mandatory prefix).
 //! - A slot behaves as the original instruction for every register, flag and memory
 //!   operand: it holds the same bytes but for a RIP-relative displacement, whose
 //!   target is unchanged. Only the instruction pointer differs while it runs, which
@@ -64,9 +67,9 @@
 
 use core::fmt;
 
-use iced_x86::{
-    Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind, Register,
-};
+pub mod decode;
+
+use decode::{Instruction, OpcodeMap};
 
 use crate::interpreter::Fault;
 
@@ -86,7 +89,7 @@ pub struct TrapRegisters {
 /// The breakpoint instruction (`int3`).
 pub const BREAKPOINT: [u8; 1] = [0xcc];
 /// The longest x86 instruction.
-pub const MAX_INSN_LEN: usize = 15;
+pub const MAX_INSN_LEN: usize = decode::MAX_LEN;
 /// Bytes of one out-of-line slot (a multiple of 16): the longest instruction plus
 /// the longest jump back (`jmp [rip+0]` and an 8-byte address, 14 bytes).
 pub const SLOT_SIZE: usize = 32;
@@ -223,7 +226,7 @@ impl Displaced {
 
     /// The instruction's bytes.
     pub fn original(&self) -> &[u8] {
-        &self.bytes[..self.len()]
+        self.bytes.get(..self.len()).unwrap_or(&self.bytes)
     }
 
     /// The instruction's address.
@@ -274,7 +277,9 @@ impl SlotCode {
 
     /// The slot's code.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
+        self.bytes
+            .get(..usize::from(self.len))
+            .unwrap_or(&self.bytes)
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -311,21 +316,6 @@ impl fmt::Display for PrepareError {
     }
 }
 
-/// Decodes one 64-bit instruction at the start of `code`.
-fn decode(address: u64, code: &[u8]) -> Result<(Decoder<'_>, Instruction), PrepareError> {
-    let code = code.get(..MAX_INSN_LEN).unwrap_or(code);
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut instruction = Instruction::default();
-    if !decoder.can_decode() {
-        return Err(PrepareError::Undecodable);
-    }
-    decoder.decode_out(&mut instruction);
-    if instruction.is_invalid() || decoder.last_error() != DecoderError::None {
-        return Err(PrepareError::Undecodable);
-    }
-    Ok((decoder, instruction))
-}
-
 /// Decode the instruction at `address` from `code` (the bytes at `address`, up to
 /// [`MAX_INSN_LEN`]; may be shorter near the end of text) and prepare it to run
 /// displaced from the slot at `slot_address`.
@@ -337,7 +327,8 @@ pub fn prepare(
     code: &[u8],
     slot_address: u64,
 ) -> Result<(Displaced, SlotCode), PrepareError> {
-    let (decoder, instruction) = decode(address, code)?;
+    let code = code.get(..MAX_INSN_LEN).unwrap_or(code);
+    let instruction = decode::decode(code).ok_or(PrepareError::Undecodable)?;
     let len = instruction.len();
     let original = code.get(..len).ok_or(PrepareError::Undecodable)?;
     let mut bytes = [0; MAX_INSN_LEN];
@@ -345,8 +336,8 @@ pub fn prepare(
         .get_mut(..len)
         .ok_or(PrepareError::Undecodable)?
         .copy_from_slice(original);
-    let kind = classify(&instruction)?;
-    if !matches!(kind, Kind::OutOfLine | Kind::Skip) && has_operand_size_prefix(original) {
+    let kind = classify(&instruction, address, original)?;
+    if !matches!(kind, Kind::OutOfLine | Kind::Skip) && instruction.prefixes().operand_size() {
         // Intel ignores 0x66 on near branches in 64-bit mode, AMD truncates the
         // target (or pops 16 bits): emulation cannot know which CPU it runs on.
         return Err(PrepareError::Unrelocatable);
@@ -363,15 +354,14 @@ pub fn prepare(
 
     let mut slot = SlotCode::EMPTY;
     let slot_next = slot_address.wrapping_add(len as u64);
-    if instruction.is_ip_rel_memory_operand() {
+    if let Some(target) = instruction.rip_relative_target(address, original) {
         // Only RIP-relative operands reach here (classify refuses EIP-relative
         // ones), and those always carry a 32-bit displacement.
-        let offsets = decoder.get_constant_offsets(&instruction);
-        let start = offsets.displacement_offset();
-        if !offsets.has_displacement() || offsets.displacement_size() != 4 {
-            return Err(PrepareError::Unrelocatable);
-        }
-        let target = instruction.ip_rel_memory_address();
+        let field = instruction
+            .displacement()
+            .filter(|field| field.size == 4)
+            .ok_or(PrepareError::Unrelocatable)?;
+        let start = usize::from(field.offset);
         let displacement = i32::try_from(target.wrapping_sub(slot_next) as i64)
             .map_err(|_| PrepareError::OutOfReach)?;
         bytes
@@ -379,7 +369,7 @@ pub fn prepare(
             .ok_or(PrepareError::Unrelocatable)?
             .copy_from_slice(&displacement.to_le_bytes());
     }
-    slot.push(&bytes[..len]);
+    slot.push(bytes.get(..len).ok_or(PrepareError::Undecodable)?);
 
     let back = displaced.next_address();
     let jump_end = slot_next.wrapping_add(JUMP_RELATIVE_LEN as u64);
@@ -396,206 +386,108 @@ pub fn prepare(
     Ok((displaced, slot))
 }
 
-/// Whether the legacy prefixes (and REX) in front of the opcode include 0x66.
-fn has_operand_size_prefix(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .take_while(|&&byte| {
-            matches!(
-                byte,
-                0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65
-            ) || (0x40..=0x4f).contains(&byte)
-        })
-        .any(|&byte| byte == 0x66)
+/// The DWARF number of a general purpose register by its hardware number (0 rax,
+/// 1 rcx, 2 rdx, 3 rbx, 4 rsp, 5 rbp, 6 rsi, 7 rdi, 8..=15 r8..r15).
+fn dwarf_number(hardware: u8) -> u8 {
+    match hardware {
+        1 => 2,
+        2 => 1,
+        4 => 7,
+        5 => 6,
+        6 => 4,
+        7 => 5,
+        other => other,
+    }
 }
 
-/// The DWARF number of a 64-bit general purpose register.
-fn dwarf_number(register: Register) -> Option<u8> {
-    Some(match register {
-        Register::RAX => 0,
-        Register::RDX => 1,
-        Register::RCX => 2,
-        Register::RBX => 3,
-        Register::RSI => 4,
-        Register::RDI => 5,
-        Register::RBP => 6,
-        Register::RSP => 7,
-        Register::R8 => 8,
-        Register::R9 => 9,
-        Register::R10 => 10,
-        Register::R11 => 11,
-        Register::R12 => 12,
-        Register::R13 => 13,
-        Register::R14 => 14,
-        Register::R15 => 15,
-        _ => return None,
-    })
-}
-
-/// The condition nibble of a `jcc` (the same numbering as the opcode's low nibble).
-fn condition(mnemonic: Mnemonic) -> Option<u8> {
-    Some(match mnemonic {
-        Mnemonic::Jo => 0x0,
-        Mnemonic::Jno => 0x1,
-        Mnemonic::Jb => 0x2,
-        Mnemonic::Jae => 0x3,
-        Mnemonic::Je => 0x4,
-        Mnemonic::Jne => 0x5,
-        Mnemonic::Jbe => 0x6,
-        Mnemonic::Ja => 0x7,
-        Mnemonic::Js => 0x8,
-        Mnemonic::Jns => 0x9,
-        Mnemonic::Jp => 0xa,
-        Mnemonic::Jnp => 0xb,
-        Mnemonic::Jl => 0xc,
-        Mnemonic::Jge => 0xd,
-        Mnemonic::Jle => 0xe,
-        Mnemonic::Jg => 0xf,
-        _ => return None,
-    })
-}
-
-/// Whether the instruction must never run displaced (see the module's design).
+/// Whether the instruction must never run displaced (see the module's design),
+/// by opcode.
 fn is_refused(instruction: &Instruction) -> bool {
-    let refused_mnemonic = matches!(
-        instruction.mnemonic(),
-        Mnemonic::Int3
-            | Mnemonic::Int
-            | Mnemonic::Int1
-            | Mnemonic::Into
-            | Mnemonic::Ud0
-            | Mnemonic::Ud1
-            | Mnemonic::Ud2
-            | Mnemonic::Iret
-            | Mnemonic::Iretd
-            | Mnemonic::Iretq
-            | Mnemonic::Retf
-            | Mnemonic::Sysret
-            | Mnemonic::Sysretq
-            | Mnemonic::Syscall
-            | Mnemonic::Sysenter
-            | Mnemonic::Sysexit
-            | Mnemonic::Sysexitq
-            | Mnemonic::Swapgs
-            | Mnemonic::Lkgs
-            | Mnemonic::Rsm
-            | Mnemonic::Uiret
-            | Mnemonic::Eretu
-            | Mnemonic::Erets
-            | Mnemonic::Jmpe
-            | Mnemonic::Xbegin
-            | Mnemonic::Hlt
-            | Mnemonic::Sti
-            | Mnemonic::Mwait
-            | Mnemonic::Mwaitx
-            | Mnemonic::Umwait
-            | Mnemonic::Tpause
-            | Mnemonic::Lgdt
-            | Mnemonic::Lidt
-            | Mnemonic::Lldt
-            | Mnemonic::Ltr
-            | Mnemonic::Lmsw
-            | Mnemonic::Vmcall
-            | Mnemonic::Vmlaunch
-            | Mnemonic::Vmresume
-            | Mnemonic::Vmrun
-            | Mnemonic::Vmmcall
-            | Mnemonic::Vmfunc
-            | Mnemonic::Vmgexit
-            | Mnemonic::Enclu
-            | Mnemonic::Encls
-            | Mnemonic::Enclv
-            | Mnemonic::Seamcall
-            | Mnemonic::Seamret
-            | Mnemonic::Seamops
-            | Mnemonic::Tdcall
-    );
-    let special_move = matches!(
-        instruction.code(),
-        Code::Mov_r64_cr
-            | Code::Mov_r64_dr
-            | Code::Mov_cr_r32
-            | Code::Mov_cr_r64
-            | Code::Mov_dr_r32
-            | Code::Mov_dr_r64
-            | Code::Mov_r32_cr
-            | Code::Mov_r32_dr
-    ) || (matches!(
-        instruction.code(),
-        Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16 | Code::Mov_Sreg_r64m16
-    ) && instruction.op0_register() == Register::SS);
-    refused_mnemonic || special_move
+    let reg = instruction.reg().unwrap_or(0);
+    let modrm = instruction.modrm_byte().unwrap_or(0);
+    let memory = instruction.modrm().is_some_and(|modrm| modrm.is_memory());
+    let prefixes = instruction.prefixes();
+    match (instruction.map(), instruction.opcode()) {
+        // `mov ss`.
+        (OpcodeMap::Primary, 0x8e) => reg == 2,
+        // `ret far imm16`, `ret far`, `int3`, `int n`, `iret`, `int1`, `hlt`, `sti`.
+        (OpcodeMap::Primary, 0xca..=0xcd | 0xcf | 0xf1 | 0xf4 | 0xfb) => true,
+        // `xbegin`.
+        (OpcodeMap::Primary, 0xc7) => reg == 7,
+        (OpcodeMap::Secondary, opcode) => match opcode {
+            // `lldt`, `ltr`.
+            0x00 => matches!(reg, 2 | 3),
+            // `lgdt`, `lidt`, `lmsw`; the register forms below.
+            0x01 if memory => matches!(reg, 2 | 3 | 6),
+            0x01 => {
+                reg == 6
+                    || matches!(
+                        modrm,
+                        // enclv, vmcall, vmlaunch, vmresume, mwait, encls.
+                        0xc0..=0xc3 | 0xc9 | 0xcf
+                            // vmfunc, enclu, vmrun, vmmcall, swapgs, mwaitx.
+                            | 0xd4 | 0xd7 | 0xd8 | 0xd9 | 0xf8 | 0xfb
+                    )
+            }
+            // `syscall`, `sysret`, `ud2`, `sysenter`, `sysexit`.
+            0x05 | 0x07 | 0x0b | 0x34 | 0x35 => true,
+            // `mov` to and from control and debug registers.
+            0x20..=0x23 => true,
+            // `rsm`, `ud1`, `ud0`.
+            0xaa | 0xb9 | 0xff => true,
+            // `tpause` (66), `umwait` (F2).
+            0xae => !memory && reg == 6 && (prefixes.operand_size() || prefixes.repeat_not_equal()),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
-/// Decides how `instruction` runs displaced.
-fn classify(instruction: &Instruction) -> Result<Kind, PrepareError> {
+/// Decides how `instruction`, at `address` with bytes `code`, runs displaced.
+fn classify(instruction: &Instruction, address: u64, code: &[u8]) -> Result<Kind, PrepareError> {
     if is_refused(instruction) {
         return Err(PrepareError::Unrelocatable);
     }
-    let near = instruction.op0_kind() == OpKind::NearBranch64;
-    let target = instruction.near_branch_target();
-    let mnemonic = instruction.mnemonic();
-    if let Some(condition) = condition(mnemonic) {
-        return if near {
-            Ok(Kind::Conditional { condition, target })
-        } else {
-            Err(PrepareError::Unrelocatable)
-        };
-    }
-    let kind = match instruction.code() {
-        Code::Jmp_rel8_64 | Code::Jmp_rel32_64 => Kind::Jump { target },
-        Code::Call_rel32_64 => Kind::Call { target },
-        Code::Call_rm64 => call_indirect(instruction)?,
-        Code::Retnq => Kind::Return { release: 0 },
-        Code::Retnq_imm16 => Kind::Return {
-            release: instruction.immediate16(),
-        },
-        Code::Loop_rel8_64_RCX => Kind::Count {
-            branch: CountBranch::Loop,
+    let target = instruction.relative_target(address, code).unwrap_or(0);
+    let prefixes = instruction.prefixes();
+    let reg = instruction.reg();
+    let count = |branch| Kind::Count { branch, target };
+    let kind = match (instruction.map(), instruction.opcode()) {
+        (OpcodeMap::Primary, opcode @ 0x70..=0x7f)
+        | (OpcodeMap::Secondary, opcode @ 0x80..=0x8f) => Kind::Conditional {
+            condition: opcode & 0xf,
             target,
         },
-        Code::Loope_rel8_64_RCX => Kind::Count {
-            branch: CountBranch::LoopWhileEqual,
-            target,
+        (OpcodeMap::Primary, 0xe9 | 0xeb) => Kind::Jump { target },
+        (OpcodeMap::Primary, 0xe8) => Kind::Call { target },
+        (OpcodeMap::Primary, 0xc3) => Kind::Return { release: 0 },
+        (OpcodeMap::Primary, 0xc2) => Kind::Return {
+            release: instruction.immediate_value(code) as u16,
         },
-        Code::Loopne_rel8_64_RCX => Kind::Count {
-            branch: CountBranch::LoopWhileNotEqual,
-            target,
-        },
-        Code::Jrcxz_rel8_64 => Kind::Count {
-            branch: CountBranch::JumpIfRcxZero,
-            target,
-        },
-        Code::Jecxz_rel8_64 => Kind::Count {
-            branch: CountBranch::JumpIfEcxZero,
-            target,
-        },
-        // Every other form of these is 16-bit, far, or counts in ECX.
-        _ if matches!(
-            mnemonic,
-            Mnemonic::Jmp
-                | Mnemonic::Call
-                | Mnemonic::Ret
-                | Mnemonic::Loop
-                | Mnemonic::Loope
-                | Mnemonic::Loopne
-                | Mnemonic::Jrcxz
-                | Mnemonic::Jecxz
-                | Mnemonic::Jcxz
-        ) && instruction.code() != Code::Jmp_rm64 =>
-        {
+        // `loop*` counting in ECX.
+        (OpcodeMap::Primary, 0xe0..=0xe2) if prefixes.address_size() => {
             return Err(PrepareError::Unrelocatable);
         }
-        _ if matches!(
-            mnemonic,
-            Mnemonic::Nop | Mnemonic::Endbr64 | Mnemonic::Endbr32
-        ) =>
-        {
+        (OpcodeMap::Primary, 0xe0) => count(CountBranch::LoopWhileNotEqual),
+        (OpcodeMap::Primary, 0xe1) => count(CountBranch::LoopWhileEqual),
+        (OpcodeMap::Primary, 0xe2) => count(CountBranch::Loop),
+        (OpcodeMap::Primary, 0xe3) if prefixes.address_size() => count(CountBranch::JumpIfEcxZero),
+        (OpcodeMap::Primary, 0xe3) => count(CountBranch::JumpIfRcxZero),
+        (OpcodeMap::Primary, 0xff) if reg == Some(2) => call_indirect(instruction, address, code)?,
+        // Far `call` and `jmp`.
+        (OpcodeMap::Primary, 0xff) if matches!(reg, Some(3 | 5)) => {
+            return Err(PrepareError::Unrelocatable);
+        }
+        // `nop` (not `pause`, nor `xchg` with r8).
+        (OpcodeMap::Primary, 0x90) if !prefixes.repeat_last() && instruction.rex() & 1 == 0 => {
             Kind::Skip
         }
+        // `nop r/m` (`/0`; the others are reserved hint nops), `endbr64`, `endbr32`
+        // (the decoder accepts no other `0F 1E`).
+        (OpcodeMap::Secondary, 0x1f) if reg == Some(0) => Kind::Skip,
+        (OpcodeMap::Secondary, 0x1e) => Kind::Skip,
         _ => {
-            if instruction.is_ip_rel_memory_operand() && instruction.memory_base() != Register::RIP
-            {
+            if instruction.is_ip_relative() && prefixes.address_size() {
                 // EIP-relative: the target wraps at 4 GiB; not worth relocating.
                 return Err(PrepareError::Unrelocatable);
             }
@@ -606,43 +498,38 @@ fn classify(instruction: &Instruction) -> Result<Kind, PrepareError> {
 }
 
 /// `call reg` or `call [mem]`, emulated.
-fn call_indirect(instruction: &Instruction) -> Result<Kind, PrepareError> {
-    match instruction.op0_kind() {
-        OpKind::Register => {
-            let register =
-                dwarf_number(instruction.op0_register()).ok_or(PrepareError::Unrelocatable)?;
-            Ok(Kind::CallRegister { register })
-        }
-        OpKind::Memory => {
-            if matches!(instruction.segment_prefix(), Register::FS | Register::GS) {
-                return Err(PrepareError::Unrelocatable);
-            }
-            let operand = if instruction.is_ip_rel_memory_operand() {
-                if instruction.memory_base() != Register::RIP {
-                    return Err(PrepareError::Unrelocatable);
-                }
-                MemoryOperand {
-                    base: NO_REGISTER,
-                    index: NO_REGISTER,
-                    scale: 0,
-                    displacement: instruction.ip_rel_memory_address(),
-                }
-            } else {
-                let register = |register: Register| match register {
-                    Register::None => Ok(NO_REGISTER),
-                    other => dwarf_number(other).ok_or(PrepareError::Unrelocatable),
-                };
-                MemoryOperand {
-                    base: register(instruction.memory_base())?,
-                    index: register(instruction.memory_index())?,
-                    scale: instruction.memory_index_scale() as u8,
-                    displacement: instruction.memory_displacement64(),
-                }
-            };
-            Ok(Kind::CallMemory { operand })
-        }
-        _ => Err(PrepareError::Unrelocatable),
+fn call_indirect(
+    instruction: &Instruction,
+    address: u64,
+    code: &[u8],
+) -> Result<Kind, PrepareError> {
+    let modrm = instruction.modrm().ok_or(PrepareError::Unrelocatable)?;
+    let rex = instruction.rex();
+    if !modrm.is_memory() {
+        let register = dwarf_number(modrm.rm | ((rex & 1) << 3));
+        return Ok(Kind::CallRegister { register });
     }
+    let prefixes = instruction.prefixes();
+    if prefixes.fs_or_gs() || prefixes.address_size() {
+        // Through FS or GS (a base the stub cannot see), or a 32-bit address.
+        return Err(PrepareError::Unrelocatable);
+    }
+    let operand = if let Some(target) = instruction.rip_relative_target(address, code) {
+        MemoryOperand {
+            base: NO_REGISTER,
+            index: NO_REGISTER,
+            scale: 0,
+            displacement: target,
+        }
+    } else {
+        MemoryOperand {
+            base: instruction.memory_base().map_or(NO_REGISTER, dwarf_number),
+            index: instruction.memory_index().map_or(NO_REGISTER, dwarf_number),
+            scale: instruction.memory_scale(),
+            displacement: instruction.displacement_value(code),
+        }
+    };
+    Ok(Kind::CallMemory { operand })
 }
 
 /// Whether `address` starts an instruction, decoding linearly from
@@ -660,19 +547,14 @@ pub fn is_instruction_boundary(function_start: u64, code: &[u8], address: u64) -
     if offset >= code.len() {
         return false;
     }
-    let mut decoder = Decoder::with_ip(64, code, function_start, DecoderOptions::NONE);
-    let mut instruction = Instruction::default();
-    while decoder.can_decode() {
-        let position = decoder.position();
-        if position >= offset {
-            return position == offset;
-        }
-        decoder.decode_out(&mut instruction);
-        if instruction.is_invalid() {
-            return false;
+    let mut position = 0;
+    while position < offset {
+        match code.get(position..).and_then(decode::decode) {
+            Some(instruction) => position += instruction.len(),
+            None => return false,
         }
     }
-    false
+    position == offset
 }
 
 /// Access to the interrupted stack for emulation (push of a call's return address,
