@@ -10,7 +10,6 @@
 //! ```text
 //! cargo build -p demo-kernel --target x86_64-unknown-none --release \
 //!     --config profile.release.package.demo-kernel.debug=2 \
-//!     --config 'profile.release.package.iced-x86.opt-level="z"' \
 //!     --config 'profile.release.package.probe-port-protocol.opt-level="z"'
 //! ```
 //!
@@ -72,8 +71,6 @@ fn build(root: &Path) -> Result<PathBuf, Error> {
         "--release",
         "--config",
         "profile.release.package.demo-kernel.debug=2",
-        "--config",
-        "profile.release.package.iced-x86.opt-level=\"z\"",
         "--config",
         "profile.release.package.probe-port-protocol.opt-level=\"z\"",
     ];
