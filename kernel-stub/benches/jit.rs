@@ -21,7 +21,6 @@
 //! runs only).
 
 #[path = "../tests/jit_common/mod.rs"]
-#[allow(dead_code)]
 mod jit_common;
 
 use std::hint::black_box;
@@ -425,10 +424,20 @@ fn bench(
     let mut stack = Box::new(Stack([0; STACK_SIZE]));
     let mut counter = InstructionCounter::default();
     let traced = run_traced(&insns, context, &mut BenchHelpers::new(), &mut counter);
-    let interpreted = run_on_stack(&insns, context, &mut BenchHelpers::new(), &mut stack.0, depth);
+    let interpreted = run_on_stack(
+        &insns,
+        context,
+        &mut BenchHelpers::new(),
+        &mut stack.0,
+        depth,
+    );
     let compiled = jit.run(context, &mut BenchHelpers::new(), &mut stack.0);
     assert_eq!(traced, Ok(expected), "{name}: interpreter's r0");
-    assert_eq!(interpreted, Ok(expected), "{name}: interpreter's r0 on a kept stack");
+    assert_eq!(
+        interpreted,
+        Ok(expected),
+        "{name}: interpreter's r0 on a kept stack"
+    );
     assert_eq!(compiled, Ok(expected), "{name}: JIT's r0");
 
     let mut helpers = BenchHelpers::new();

@@ -868,3 +868,135 @@ fn code_runs_the_same_wherever_it_is_copied() {
     assert_same(&reference, &at_first, &|| "first copy".into());
     assert_same(&reference, &at_second, &|| "second copy".into());
 }
+
+/// Decodes compiled code with iced-x86 and checks its structure: it decodes
+/// completely with no invalid instruction, every branch lands on an instruction
+/// of the function, the only call is the indirect one through the environment
+/// (`r12`), and the only return is the last instruction.
+fn check_structure(code: &[u8]) -> Result<(), String> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut starts = std::collections::BTreeSet::new();
+    let mut targets = Vec::new();
+    let mut returns = Vec::new();
+    for instruction in &mut decoder {
+        if instruction.is_invalid() {
+            return Err(format!("invalid instruction at {:#x}", instruction.ip()));
+        }
+        starts.insert(instruction.ip());
+        match instruction.flow_control() {
+            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch => {
+                targets.push((instruction.ip(), instruction.near_branch_target()));
+            }
+            FlowControl::IndirectCall => {
+                let through_env = instruction.op0_kind() == OpKind::Memory
+                    && instruction.memory_base() == Register::R12;
+                if !through_env {
+                    return Err(format!("call at {:#x} not through r12", instruction.ip()));
+                }
+            }
+            FlowControl::Return => returns.push(instruction.ip()),
+            FlowControl::Next => {}
+            other => {
+                return Err(format!(
+                    "{other:?} ({:?}) at {:#x}",
+                    instruction.mnemonic(),
+                    instruction.ip()
+                ));
+            }
+        }
+        if instruction.mnemonic() == Mnemonic::INVALID {
+            return Err(format!("invalid mnemonic at {:#x}", instruction.ip()));
+        }
+    }
+    let last = starts.iter().next_back().copied();
+    if returns != [last.unwrap_or(u64::MAX)] || last.map(|at| at + 1) != Some(code.len() as u64) {
+        return Err(format!(
+            "returns at {returns:x?}, code ends at {:#x}",
+            code.len()
+        ));
+    }
+    for (at, target) in targets {
+        if !starts.contains(&target) {
+            return Err(format!(
+                "branch at {at:#x} to {target:#x}, not an instruction"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn compiled_code_decodes_cleanly_and_branches_inside_itself() {
+    let specs = map_specs();
+    let mut jit = Jit::new();
+    let mut programs: Vec<Vec<Insn>> = Vec::new();
+    for case in alu_cases().into_iter().chain(jump_cases()) {
+        for (dst, src) in all_pairs(from_register(case.code)) {
+            programs.push(matrix_program(case, dst, src));
+        }
+    }
+    for (_, text) in HANDLERS {
+        programs.push(assemble(text).expect("assembles"));
+    }
+    programs.push(assemble(EVERY_HELPER).expect("assembles"));
+    for insns in &programs {
+        let verified = verify_with(insns, ProgramKind::Entry, &specs).expect("verifies");
+        let len = jit.compile(&verified);
+        if let Err(problem) = check_structure(&jit.code()[..len]) {
+            panic!("{problem}\n{}", listing(insns));
+        }
+    }
+    println!("{} programs decoded", programs.len());
+}
+
+/// The largest code of one slot, over every opcode, register pair and edge
+/// immediate: the difference the slot makes to a program's code.
+#[test]
+fn the_largest_slot_is_within_the_bound() {
+    let specs = map_specs();
+    let mut jit = Jit::new();
+    let mut largest = (0, None);
+    for case in alu_cases().into_iter().chain(jump_cases()) {
+        for (dst, src) in all_pairs(from_register(case.code)) {
+            let mut prefix = Vec::new();
+            for register in (0..=9).filter(|register| *register != 1) {
+                prefix.extend(lddw(register, pattern(register)));
+            }
+            let exit = Insn::new(op::CLASS_JMP | op::EXIT, 0, 0, 0, 0);
+            let operand = if from_register(case.code) { src } else { 0 };
+            let slot = Insn::new(case.code, dst, operand, case.off, case.imm);
+            let without: Vec<Insn> = prefix.iter().copied().chain([exit]).collect();
+            let with: Vec<Insn> = prefix.iter().copied().chain([slot, exit]).collect();
+            let size = |insns: &[Insn], jit: &mut Jit| {
+                let verified = verify_with(insns, ProgramKind::Probe, &specs).expect("verifies");
+                jit.compile(&verified)
+            };
+            let bytes = size(&with, &mut jit) - size(&without, &mut jit);
+            if bytes > largest.0 {
+                largest = (bytes, Some(slot));
+            }
+        }
+    }
+    println!("largest slot: {} bytes, {:?}", largest.0, largest.1);
+    assert!(largest.0 <= MAX_SLOT_BYTES);
+}
+
+#[test]
+fn helpers_may_be_a_trait_object() {
+    let insns = assemble(EVERY_HELPER).expect("assembles");
+    let specs = map_specs();
+    let verified = verify_with(&insns, ProgramKind::Entry, &specs).expect("verifies");
+    let mut jit = Jit::new();
+    let program = jit.load(&verified);
+    let context = contexts()[2];
+    let behaviour = behaviours()[0];
+    let mut stack = Box::new(Stack([0; 512]));
+    let (reference, _) = run_both(&verified, &program, &context, behaviour, &specs, &mut stack);
+    let mut recorder = jit_common::Recorder::new(behaviour, &specs);
+    let helpers: &mut dyn kernel_stub::interpreter::Helpers = &mut recorder;
+    stack.0.fill(0xa5);
+    let result = program.run(&context, helpers, &mut stack.0);
+    assert_eq!(result, reference.result);
+    assert_eq!(recorder.calls, reference.calls);
+}

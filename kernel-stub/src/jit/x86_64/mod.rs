@@ -56,7 +56,8 @@ use super::{JitError, JitScratch};
 
 pub use self::runtime::{DispatchFn, HelperReturn, JitEnv, JitProgram};
 
-/// Most bytes of code one instruction slot can take (a register division).
+/// Most bytes of code one instruction slot can take. The largest, a signed
+/// 64-bit division by a register, takes 50 (`tests/jit.rs` measures every form).
 pub const MAX_SLOT_BYTES: usize = 64;
 
 /// Bytes of the prologue and epilogue together.
