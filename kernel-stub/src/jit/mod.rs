@@ -27,6 +27,29 @@
 //! byte arithmetic and builds on any host; only running the code needs an x86-64
 //! CPU.
 //!
+//! # Use
+//!
+//! When a program is armed (session context, not probe context):
+//!
+//! 1. verify it, and keep the [`VerifiedProgram`]'s `stack_depth`;
+//! 2. [`x86_64::compile`] it into a staging buffer of
+//!    [`x86_64::max_code_size`]`(slots)` bytes with the kernel's [`JitScratch`]
+//!    (on [`JitError`], keep running it with the interpreter);
+//! 3. copy the returned number of bytes into executable kernel memory with
+//!    [`Platform::write_text`](crate::Platform::write_text) (which returns once
+//!    every CPU will fetch the new bytes), into a region no CPU can be executing:
+//!    code is only ever rewritten after the quiescence that also retires a
+//!    probe's program;
+//! 4. make a [`x86_64::JitProgram`] from the address and the stack depth
+//!    (`unsafe`: the address must hold exactly those bytes) and publish it with
+//!    the probe, as the program slice is published today.
+//!
+//! On a hit, [`x86_64::JitProgram::run`] replaces
+//! [`interpreter::run_on_stack`](crate::interpreter::run_on_stack): same
+//! arguments but the program, same result.
+//!
+//! [`VerifiedProgram`]: probe_port_protocol::verifier::VerifiedProgram
+//!
 //! # Invariants
 //!
 //! - Compiling never panics and never writes past the output buffer; a program

@@ -541,11 +541,13 @@ impl<'o> Encoder<'o> {
         Label8 { at }
     }
 
-    /// Binds `label` to the current position.
+    /// Binds `label` to the current position. A label too far for 8 bits marks
+    /// the encoding as failed (like an overflow), so such code is never used.
     pub(crate) fn bind(&mut self, label: Label8) {
         let distance = self.position - (label.at + 1);
-        debug_assert!(distance <= 127, "8-bit jump over {distance} bytes");
-        if self.writing
+        if distance > 127 {
+            self.overflow = true;
+        } else if self.writing
             && let Some(slot) = self.out.get_mut(label.at)
         {
             *slot = distance as u8;

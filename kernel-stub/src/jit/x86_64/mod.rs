@@ -114,7 +114,7 @@ pub fn compile(
     let mut measure = Encoder::measuring();
     emit_program(insns, &mut measure, offsets, true)?;
     let needed = measure.position();
-    if needed > out.len() {
+    if measure.overflowed() || needed > out.len() {
         return Err(JitError::TooLarge {
             needed,
             available: out.len(),
