@@ -1000,3 +1000,135 @@ fn helpers_may_be_a_trait_object() {
     assert_eq!(result, reference.result);
     assert_eq!(recorder.calls, reference.calls);
 }
+
+/// `r0` of `text` (ending in `mov64 r0, rX; exit` or similar), asserting both
+/// executors agree.
+fn r0_of_both(text: &str) -> u64 {
+    let insns = assemble(text).unwrap_or_else(|error| panic!("{error}\n{text}"));
+    let specs = map_specs();
+    let verified = verify_with(&insns, ProgramKind::Probe, &specs)
+        .unwrap_or_else(|error| panic!("{error}\n{text}"));
+    let mut jit = Jit::new();
+    let program = jit.load(&verified);
+    let mut stack = Box::new(Stack([0; 512]));
+    let context = ProbeContext::default();
+    let (interpreted, compiled) = run_both(
+        &verified,
+        &program,
+        &context,
+        Behaviour::default(),
+        &specs,
+        &mut stack,
+    );
+    assert_same(&interpreted, &compiled, &|| text.to_owned());
+    compiled
+        .result
+        .unwrap_or_else(|trap| panic!("{trap}\n{text}"))
+}
+
+/// The ISA's edge cases with their hand-computed results, on both executors:
+/// what x86 does differently (or faults on) must not show.
+#[test]
+fn edge_semantics_have_the_isas_values() {
+    let min64 = i64::MIN as u64;
+    let cases: &[(&str, u64)] = &[
+        // INT_MIN / -1 wraps (x86 idiv would raise #DE) and INT_MIN % -1 is 0.
+        (
+            "lddw r3, 0x8000000000000000\nmov64 r4, -1\nsdiv64 r3, r4\nmov64 r0, r3",
+            min64,
+        ),
+        (
+            "lddw r3, 0x8000000000000000\nmov64 r4, -1\nsmod64 r3, r4\nmov64 r0, r3",
+            0,
+        ),
+        ("lddw r0, 0x8000000000000000\nsdiv64 r0, -1", min64),
+        ("lddw r0, 0x8000000000000000\nsmod64 r0, -1", 0),
+        (
+            "lddw r0, 0xffffffff80000000\nmov32 r2, -1\nsdiv32 r0, r2",
+            0x8000_0000,
+        ),
+        ("lddw r0, 0xffffffff80000000\nsmod32 r0, -1", 0),
+        ("mov64 r0, -7\nsdiv64 r0, 2", -3i64 as u64),
+        ("mov64 r0, -7\nsmod64 r0, 2", -1i64 as u64),
+        // Division by zero: 0; modulo by zero keeps the dividend (32 bits in ALU).
+        ("mov64 r0, 77\nmov64 r2, 0\ndiv64 r0, r2", 0),
+        ("mov64 r0, 77\nmov64 r2, 0\nmod64 r0, r2", 77),
+        ("mov64 r0, -77\nmov64 r2, 0\nsdiv64 r0, r2", 0),
+        ("mov64 r0, -77\nmov64 r2, 0\nsmod64 r0, r2", -77i64 as u64),
+        ("lddw r0, 0xffffffff00000005\nmov64 r2, 0\nmod32 r0, r2", 5),
+        ("lddw r0, 0xffffffff00000005\nmod32 r0, 0", 5),
+        ("lddw r0, 0xffffffff00000005\ndiv32 r0, 0", 0),
+        ("lddw r0, 0xffffffff00000005\nsmod32 r0, 0", 5),
+        // Shift counts are masked to the width.
+        ("mov64 r0, 1\nmov64 r4, 33\nlsh32 r0, r4", 2),
+        ("mov64 r0, 4\nmov64 r2, 65\nrsh64 r0, r2", 2),
+        (
+            "lddw r0, 0xffffffff80000000\nmov64 r2, 32\narsh32 r0, r2",
+            0x8000_0000,
+        ),
+        ("lddw r0, 0xffffffff80000000\narsh32 r0, 31", 0xffff_ffff),
+        ("lddw r0, 0x8000000000000000\narsh64 r0, 63", u64::MAX),
+        // ALU32 results are zero-extended, even with nothing to compute.
+        ("lddw r0, 0xffffffff12345678\nadd32 r0, 0", 0x1234_5678),
+        ("lddw r0, 0xffffffff12345678\nlsh32 r0, 0", 0x1234_5678),
+        ("lddw r0, 0xffffffff12345678\nmov32 r0, r0", 0x1234_5678),
+        ("mov32 r0, -1", 0xffff_ffff),
+        ("mov64 r0, -1", u64::MAX),
+        ("lddw r0, 0xffffffff00000001\nneg32 r0", 0xffff_ffff),
+        // Byte swaps and truncations.
+        ("lddw r0, 0x123456789abcdef0\nbe16 r0", 0xf0de),
+        ("lddw r0, 0x123456789abcdef0\nbe32 r0", 0xf0de_bc9a),
+        (
+            "lddw r0, 0x123456789abcdef0\nbe64 r0",
+            0xf0de_bc9a_7856_3412,
+        ),
+        ("lddw r0, 0x123456789abcdef0\nle16 r0", 0xdef0),
+        ("lddw r0, 0x123456789abcdef0\nle32 r0", 0x9abc_def0),
+        ("lddw r0, 0x123456789abcdef0\nbswap16 r0", 0xf0de),
+        // Sign-extending moves and loads.
+        ("mov64 r2, 0x80\nmov64sx8 r0, r2", 0xffff_ffff_ffff_ff80),
+        ("mov64 r2, 0x8000\nmov32sx16 r0, r2", 0xffff_8000),
+        (
+            "mov64 r2, 0x80000000\nmov64sx32 r0, r2",
+            0xffff_ffff_8000_0000,
+        ),
+        (
+            "stw [r10-4], 0x80\nldxsb r0, [r10-4]",
+            0xffff_ffff_ffff_ff80,
+        ),
+        ("sth [r10-2], -2\nldxsh r0, [r10-2]", u64::MAX - 1),
+        ("stw [r10-4], -3\nldxsw r0, [r10-4]", u64::MAX - 2),
+        ("stw [r10-4], -3\nldxw r0, [r10-4]", 0xffff_fffd),
+        ("stdw [r10-8], -3\nldxdw r0, [r10-8]", u64::MAX - 2),
+        // Immediates are sign-extended in 64-bit operations and comparisons.
+        ("mov64 r0, 0\nadd64 r0, -1", u64::MAX),
+        (
+            "mov64 r0, 0\nmov64 r2, -1\njeq r2, -1, +1\nexit\nmov64 r0, 1",
+            1,
+        ),
+        (
+            "mov64 r0, 0\nmov32 r2, -1\njeq r2, -1, +1\nexit\nmov64 r0, 1",
+            0,
+        ),
+        (
+            "mov64 r0, 0\nmov32 r2, -1\njeq32 r2, -1, +1\nexit\nmov64 r0, 1",
+            1,
+        ),
+        (
+            "mov64 r0, 0\nmov64 r2, -1\njsgt r2, -2, +1\nexit\nmov64 r0, 1",
+            1,
+        ),
+        (
+            "mov64 r0, 0\nmov64 r2, -1\njgt r2, -2, +1\nexit\nmov64 r0, 1",
+            1,
+        ),
+        (
+            "mov64 r0, 0\nlddw r2, 0x100000000\njset32 r2, -1, +1\nexit\nmov64 r0, 1",
+            0,
+        ),
+    ];
+    for (text, expected) in cases {
+        let program = format!("{text}\nexit");
+        assert_eq!(r0_of_both(&program), *expected, "{text}");
+    }
+}
