@@ -138,15 +138,15 @@ pub fn compile(
 /// (the measuring pass), otherwise jumps read them.
 fn emit_program(
     insns: &[Insn],
-    enc: &mut Encoder<'_>,
+    encoder: &mut Encoder<'_>,
     offsets: &mut [u32],
     record: bool,
 ) -> Result<(), JitError> {
-    emit_prologue(enc);
+    emit_prologue(encoder);
     let mut index = 0;
     while index < insns.len() {
         if record {
-            offsets[index] = enc.position() as u32;
+            offsets[index] = encoder.position() as u32;
         }
         let insn = insns[index];
         if insn.is_wide() {
@@ -154,43 +154,43 @@ fn emit_program(
                 return Err(unsupported(index, insn));
             };
             if record {
-                offsets[index + 1] = enc.position() as u32;
+                offsets[index + 1] = encoder.position() as u32;
             }
             let value = u64::from(insn.imm as u32) | (u64::from(tail.imm as u32) << 32);
-            enc.mov_imm64(register(insn.dst(), index, insn)?, value);
+            encoder.mov_imm64(register(insn.dst(), index, insn)?, value);
             index += 2;
         } else {
-            let start = enc.position();
-            emit_slot(enc, insn, index, offsets)?;
-            debug_assert!(enc.position() - start <= MAX_SLOT_BYTES, "{insn:?}");
+            let start = encoder.position();
+            emit_slot(encoder, insn, index, offsets)?;
+            debug_assert!(encoder.position() - start <= MAX_SLOT_BYTES, "{insn:?}");
             index += 1;
         }
     }
     if record {
-        offsets[insns.len()] = enc.position() as u32;
+        offsets[insns.len()] = encoder.position() as u32;
     }
-    emit_epilogue(enc);
+    emit_epilogue(encoder);
     Ok(())
 }
 
-fn emit_prologue(enc: &mut Encoder<'_>) {
-    enc.endbr64();
+fn emit_prologue(encoder: &mut Encoder<'_>) {
+    encoder.endbr64();
     for reg in SAVED {
-        enc.push(reg);
+        encoder.push(reg);
     }
     // Six pushes after the return address leave rsp 8 off a 16-byte boundary.
-    enc.alu_ri(Alu::Sub, Width::W64, Reg::Rsp, 8);
-    enc.mov_rr(Width::W64, ENV, Reg::Rdi);
-    enc.load64(REGISTERS[10], ENV, runtime::STACK_TOP_OFFSET);
-    enc.load64(REGISTERS[1], ENV, runtime::CONTEXT_OFFSET);
+    encoder.alu_ri(Alu::Sub, Width::W64, Reg::Rsp, 8);
+    encoder.mov_rr(Width::W64, ENV, Reg::Rdi);
+    encoder.load64(REGISTERS[10], ENV, runtime::STACK_TOP_OFFSET);
+    encoder.load64(REGISTERS[1], ENV, runtime::CONTEXT_OFFSET);
 }
 
-fn emit_epilogue(enc: &mut Encoder<'_>) {
-    enc.alu_ri(Alu::Add, Width::W64, Reg::Rsp, 8);
+fn emit_epilogue(encoder: &mut Encoder<'_>) {
+    encoder.alu_ri(Alu::Add, Width::W64, Reg::Rsp, 8);
     for reg in SAVED.iter().rev() {
-        enc.pop(*reg);
+        encoder.pop(*reg);
     }
-    enc.ret();
+    encoder.ret();
 }
 
 #[cold]
@@ -217,7 +217,7 @@ enum Operand {
 }
 
 fn emit_slot(
-    enc: &mut Encoder<'_>,
+    encoder: &mut Encoder<'_>,
     insn: Insn,
     index: usize,
     offsets: &[u32],
@@ -240,7 +240,7 @@ fn emit_slot(
             if insn.dst() == 10 {
                 return Err(bad());
             }
-            emit_alu(enc, insn, width, dst, operand).ok_or_else(bad)
+            emit_alu(encoder, insn, width, dst, operand).ok_or_else(bad)
         }
         op::CLASS_LDX => {
             let size = size_of(insn.code);
@@ -252,7 +252,7 @@ fn emit_slot(
             if insn.dst() == 10 {
                 return Err(bad());
             }
-            enc.load(size, signed, dst, src, i32::from(insn.off));
+            encoder.load(size, signed, dst, src, i32::from(insn.off));
             Ok(())
         }
         op::CLASS_ST | op::CLASS_STX => {
@@ -262,13 +262,13 @@ fn emit_slot(
             let size = size_of(insn.code);
             let disp = i32::from(insn.off);
             if insn.class() == op::CLASS_STX {
-                enc.store_reg(size, dst, disp, src);
+                encoder.store_reg(size, dst, disp, src);
             } else {
-                enc.store_imm(size, dst, disp, insn.imm);
+                encoder.store_imm(size, dst, disp, insn.imm);
             }
             Ok(())
         }
-        op::CLASS_JMP | op::CLASS_JMP32 => emit_jump(enc, insn, index, offsets, dst, operand),
+        op::CLASS_JMP | op::CLASS_JMP32 => emit_jump(encoder, insn, index, offsets, dst, operand),
         _ => Err(bad()),
     }
 }
@@ -284,53 +284,53 @@ fn size_of(code: u8) -> Size {
 
 /// Emits an `ALU`/`ALU64` instruction; `None` for a form the ISA does not define.
 fn emit_alu(
-    enc: &mut Encoder<'_>,
+    encoder: &mut Encoder<'_>,
     insn: Insn,
     width: Width,
     dst: Reg,
     operand: Operand,
 ) -> Option<()> {
     let operation = insn.code & op::OP_MASK;
-    let simple = |op: Alu, enc: &mut Encoder<'_>| match operand {
-        Operand::Imm(imm) => enc.alu_ri(op, width, dst, imm),
-        Operand::Reg(src) => enc.alu_rr(op, width, dst, src),
+    let simple = |op: Alu, encoder: &mut Encoder<'_>| match operand {
+        Operand::Imm(imm) => encoder.alu_ri(op, width, dst, imm),
+        Operand::Reg(src) => encoder.alu_rr(op, width, dst, src),
     };
     match operation {
-        op::ADD => simple(Alu::Add, enc),
-        op::SUB => simple(Alu::Sub, enc),
-        op::OR => simple(Alu::Or, enc),
-        op::AND => simple(Alu::And, enc),
-        op::XOR => simple(Alu::Xor, enc),
+        op::ADD => simple(Alu::Add, encoder),
+        op::SUB => simple(Alu::Sub, encoder),
+        op::OR => simple(Alu::Or, encoder),
+        op::AND => simple(Alu::And, encoder),
+        op::XOR => simple(Alu::Xor, encoder),
         op::MUL => match operand {
-            Operand::Imm(imm) => enc.imul_ri(width, dst, imm),
-            Operand::Reg(src) => enc.imul_rr(width, dst, src),
+            Operand::Imm(imm) => encoder.imul_ri(width, dst, imm),
+            Operand::Reg(src) => encoder.imul_rr(width, dst, src),
         },
         op::NEG => {
             if matches!(operand, Operand::Reg(_)) {
                 return None;
             }
-            enc.unary(Unary::Neg, width, dst);
+            encoder.unary(Unary::Neg, width, dst);
         }
-        op::MOV => emit_mov(enc, insn, width, dst, operand)?,
-        op::LSH => emit_shift(enc, Shift::Shl, width, dst, operand),
-        op::RSH => emit_shift(enc, Shift::Shr, width, dst, operand),
-        op::ARSH => emit_shift(enc, Shift::Sar, width, dst, operand),
+        op::MOV => emit_mov(encoder, insn, width, dst, operand)?,
+        op::LSH => emit_shift(encoder, Shift::Shl, width, dst, operand),
+        op::RSH => emit_shift(encoder, Shift::Shr, width, dst, operand),
+        op::ARSH => emit_shift(encoder, Shift::Sar, width, dst, operand),
         op::DIV | op::MOD => {
             let signed = match insn.off {
                 0 => false,
                 1 => true,
                 _ => return None,
             };
-            emit_division(enc, width, signed, operation == op::MOD, dst, operand);
+            emit_division(encoder, width, signed, operation == op::MOD, dst, operand);
         }
-        op::END => emit_byte_swap(enc, insn, dst)?,
+        op::END => emit_byte_swap(encoder, insn, dst)?,
         _ => return None,
     }
     Some(())
 }
 
 fn emit_mov(
-    enc: &mut Encoder<'_>,
+    encoder: &mut Encoder<'_>,
     insn: Insn,
     width: Width,
     dst: Reg,
@@ -342,25 +342,25 @@ fn emit_mov(
                 Width::W64 => imm as i64 as u64,
                 Width::W32 => u64::from(imm as u32),
             };
-            enc.mov_imm64(dst, value);
+            encoder.mov_imm64(dst, value);
         }
         (Operand::Reg(src), 0) => {
             // A 32-bit move always runs: it clears the upper half.
             if width == Width::W32 || src != dst {
-                enc.mov_rr(width, dst, src);
+                encoder.mov_rr(width, dst, src);
             }
         }
-        (Operand::Reg(src), 8) => enc.movsx_rr(width, Size::B1, dst, src),
-        (Operand::Reg(src), 16) => enc.movsx_rr(width, Size::B2, dst, src),
+        (Operand::Reg(src), 8) => encoder.movsx_rr(width, Size::B1, dst, src),
+        (Operand::Reg(src), 16) => encoder.movsx_rr(width, Size::B2, dst, src),
         (Operand::Reg(src), 32) if width == Width::W64 => {
-            enc.movsx_rr(width, Size::B4, dst, src);
+            encoder.movsx_rr(width, Size::B4, dst, src);
         }
         _ => return None,
     }
     Some(())
 }
 
-fn emit_shift(enc: &mut Encoder<'_>, shift: Shift, width: Width, dst: Reg, operand: Operand) {
+fn emit_shift(encoder: &mut Encoder<'_>, shift: Shift, width: Width, dst: Reg, operand: Operand) {
     let mask = match width {
         Width::W64 => 63,
         Width::W32 => 31,
@@ -369,34 +369,34 @@ fn emit_shift(enc: &mut Encoder<'_>, shift: Shift, width: Width, dst: Reg, opera
         Operand::Imm(imm) => {
             let count = (imm & mask) as u8;
             if count != 0 {
-                enc.shift_ri(shift, width, dst, count);
+                encoder.shift_ri(shift, width, dst, count);
             } else if width == Width::W32 {
-                enc.mov_rr(Width::W32, dst, dst);
+                encoder.mov_rr(Width::W32, dst, dst);
             }
         }
         Operand::Reg(src) => {
             // The count must be in cl; rcx is r4's home. The hardware masks the
             // count as the ISA does (& 31 or & 63).
             if src == Reg::Rcx && dst != Reg::Rcx {
-                enc.shift_cl(shift, width, dst);
+                encoder.shift_cl(shift, width, dst);
             } else if dst == Reg::Rcx {
                 // r4 shifted by anything: shift a copy, the count in cl.
-                enc.mov_rr(Width::W64, SCRATCH_C, Reg::Rcx);
+                encoder.mov_rr(Width::W64, SCRATCH_C, Reg::Rcx);
                 if src != Reg::Rcx {
-                    enc.mov_rr(Width::W64, Reg::Rcx, src);
+                    encoder.mov_rr(Width::W64, Reg::Rcx, src);
                 }
-                enc.shift_cl(shift, width, SCRATCH_C);
-                enc.mov_rr(Width::W64, Reg::Rcx, SCRATCH_C);
+                encoder.shift_cl(shift, width, SCRATCH_C);
+                encoder.mov_rr(Width::W64, Reg::Rcx, SCRATCH_C);
             } else {
-                enc.mov_rr(Width::W64, SCRATCH_C, Reg::Rcx);
-                enc.mov_rr(Width::W64, Reg::Rcx, src);
-                enc.shift_cl(shift, width, dst);
-                enc.mov_rr(Width::W64, Reg::Rcx, SCRATCH_C);
+                encoder.mov_rr(Width::W64, SCRATCH_C, Reg::Rcx);
+                encoder.mov_rr(Width::W64, Reg::Rcx, src);
+                encoder.shift_cl(shift, width, dst);
+                encoder.mov_rr(Width::W64, Reg::Rcx, SCRATCH_C);
             }
             // A 32-bit shift by a masked count of 0 may leave the upper half
             // alone; the ISA clears it whatever the count.
             if width == Width::W32 {
-                enc.mov_rr(Width::W32, dst, dst);
+                encoder.mov_rr(Width::W32, dst, dst);
             }
         }
     }
@@ -407,64 +407,64 @@ fn emit_shift(enc: &mut Encoder<'_>, shift: Shift, width: Width, dst: Reg, opera
 /// of -1 gives the wrapped negation (`div`) or 0 (`mod`) without `idiv`, which
 /// would fault on `INT_MIN / -1`.
 fn emit_division(
-    enc: &mut Encoder<'_>,
+    encoder: &mut Encoder<'_>,
     width: Width,
     signed: bool,
     modulo: bool,
     dst: Reg,
     operand: Operand,
 ) {
-    let zero_divisor = |enc: &mut Encoder<'_>| {
+    let zero_divisor = |encoder: &mut Encoder<'_>| {
         if !modulo {
-            enc.alu_rr(Alu::Xor, Width::W32, dst, dst);
+            encoder.alu_rr(Alu::Xor, Width::W32, dst, dst);
         } else if width == Width::W32 {
-            enc.mov_rr(Width::W32, dst, dst);
+            encoder.mov_rr(Width::W32, dst, dst);
         }
     };
-    let minus_one_divisor = |enc: &mut Encoder<'_>| {
+    let minus_one_divisor = |encoder: &mut Encoder<'_>| {
         if modulo {
-            enc.alu_rr(Alu::Xor, Width::W32, dst, dst);
+            encoder.alu_rr(Alu::Xor, Width::W32, dst, dst);
         } else {
-            enc.unary(Unary::Neg, width, dst);
+            encoder.unary(Unary::Neg, width, dst);
         }
     };
     match operand {
         Operand::Imm(imm) => {
             // The divisor is known: only the general case needs the hardware.
             if imm == 0 {
-                zero_divisor(enc);
+                zero_divisor(encoder);
             } else if signed && imm == -1 {
-                minus_one_divisor(enc);
+                minus_one_divisor(encoder);
             } else {
                 let divisor = match width {
                     Width::W64 => imm as i64 as u64,
                     Width::W32 => u64::from(imm as u32),
                 };
-                enc.mov_imm64(SCRATCH_C, divisor);
-                emit_hardware_division(enc, width, signed, modulo, dst);
+                encoder.mov_imm64(SCRATCH_C, divisor);
+                emit_hardware_division(encoder, width, signed, modulo, dst);
             }
         }
         Operand::Reg(src) => {
-            enc.mov_rr(width, SCRATCH_C, src);
-            enc.test_rr(width, SCRATCH_C, SCRATCH_C);
-            let to_zero = enc.jump8(Some(Cond::E));
+            encoder.mov_rr(width, SCRATCH_C, src);
+            encoder.test_rr(width, SCRATCH_C, SCRATCH_C);
+            let to_zero = encoder.jump8(Some(Cond::E));
             let to_minus_one = if signed {
-                enc.alu_ri(Alu::Cmp, width, SCRATCH_C, -1);
-                Some(enc.jump8(Some(Cond::E)))
+                encoder.alu_ri(Alu::Cmp, width, SCRATCH_C, -1);
+                Some(encoder.jump8(Some(Cond::E)))
             } else {
                 None
             };
-            emit_hardware_division(enc, width, signed, modulo, dst);
-            let done_general = enc.jump8(None);
-            enc.bind(to_zero);
-            zero_divisor(enc);
+            emit_hardware_division(encoder, width, signed, modulo, dst);
+            let done_general = encoder.jump8(None);
+            encoder.bind(to_zero);
+            zero_divisor(encoder);
             if let Some(to_minus_one) = to_minus_one {
-                let done_zero = enc.jump8(None);
-                enc.bind(to_minus_one);
-                minus_one_divisor(enc);
-                enc.bind(done_zero);
+                let done_zero = encoder.jump8(None);
+                encoder.bind(to_minus_one);
+                minus_one_divisor(encoder);
+                encoder.bind(done_zero);
             }
-            enc.bind(done_general);
+            encoder.bind(done_general);
         }
     }
 }
@@ -473,31 +473,31 @@ fn emit_division(
 /// neither 0 nor (signed) -1. `rax` and `rdx` (`r0` and `r3`) are kept in the
 /// other scratch registers around the instruction.
 fn emit_hardware_division(
-    enc: &mut Encoder<'_>,
+    encoder: &mut Encoder<'_>,
     width: Width,
     signed: bool,
     modulo: bool,
     dst: Reg,
 ) {
-    enc.mov_rr(Width::W64, SCRATCH_B, Reg::Rax);
-    enc.mov_rr(Width::W64, SCRATCH_A, Reg::Rdx);
-    enc.mov_rr(width, Reg::Rax, dst);
+    encoder.mov_rr(Width::W64, SCRATCH_B, Reg::Rax);
+    encoder.mov_rr(Width::W64, SCRATCH_A, Reg::Rdx);
+    encoder.mov_rr(width, Reg::Rax, dst);
     if signed {
-        enc.sign_extend_rax(width);
-        enc.unary(Unary::Idiv, width, SCRATCH_C);
+        encoder.sign_extend_rax(width);
+        encoder.unary(Unary::Idiv, width, SCRATCH_C);
     } else {
-        enc.alu_rr(Alu::Xor, Width::W32, Reg::Rdx, Reg::Rdx);
-        enc.unary(Unary::Div, width, SCRATCH_C);
+        encoder.alu_rr(Alu::Xor, Width::W32, Reg::Rdx, Reg::Rdx);
+        encoder.unary(Unary::Div, width, SCRATCH_C);
     }
     // 32-bit `div` writes eax and edx, zero-extended: the result is ready.
     let result = if modulo { Reg::Rdx } else { Reg::Rax };
-    enc.mov_rr(Width::W64, SCRATCH_C, result);
-    enc.mov_rr(Width::W64, Reg::Rax, SCRATCH_B);
-    enc.mov_rr(Width::W64, Reg::Rdx, SCRATCH_A);
-    enc.mov_rr(Width::W64, dst, SCRATCH_C);
+    encoder.mov_rr(Width::W64, SCRATCH_C, result);
+    encoder.mov_rr(Width::W64, Reg::Rax, SCRATCH_B);
+    encoder.mov_rr(Width::W64, Reg::Rdx, SCRATCH_A);
+    encoder.mov_rr(Width::W64, dst, SCRATCH_C);
 }
 
-fn emit_byte_swap(enc: &mut Encoder<'_>, insn: Insn, dst: Reg) -> Option<()> {
+fn emit_byte_swap(encoder: &mut Encoder<'_>, insn: Insn, dst: Reg) -> Option<()> {
     // ALU64 `end` (0xd7) swaps unconditionally, ALU `to_be` (0xdc) swaps on this
     // little-endian machine, ALU `to_le` (0xd4) only truncates.
     let swap = match insn.code {
@@ -507,13 +507,13 @@ fn emit_byte_swap(enc: &mut Encoder<'_>, insn: Insn, dst: Reg) -> Option<()> {
     };
     match (insn.imm, swap) {
         (16, true) => {
-            enc.swap_low_bytes(dst);
-            enc.movzx16_rr(dst, dst);
+            encoder.swap_low_bytes(dst);
+            encoder.movzx16_rr(dst, dst);
         }
-        (16, false) => enc.movzx16_rr(dst, dst),
-        (32, true) => enc.bswap(Width::W32, dst),
-        (32, false) => enc.mov_rr(Width::W32, dst, dst),
-        (64, true) => enc.bswap(Width::W64, dst),
+        (16, false) => encoder.movzx16_rr(dst, dst),
+        (32, true) => encoder.bswap(Width::W32, dst),
+        (32, false) => encoder.mov_rr(Width::W32, dst, dst),
+        (64, true) => encoder.bswap(Width::W64, dst),
         (64, false) => {}
         _ => return None,
     }
@@ -521,7 +521,7 @@ fn emit_byte_swap(enc: &mut Encoder<'_>, insn: Insn, dst: Reg) -> Option<()> {
 }
 
 fn emit_jump(
-    enc: &mut Encoder<'_>,
+    encoder: &mut Encoder<'_>,
     insn: Insn,
     index: usize,
     offsets: &[u32],
@@ -544,15 +544,15 @@ fn emit_jump(
     let cond = match operation {
         op::JA => {
             let distance = if jmp32 { insn.imm } else { i32::from(insn.off) };
-            enc.jmp(target(i64::from(distance))?);
+            encoder.jmp(target(i64::from(distance))?);
             return Ok(());
         }
         op::CALL if !jmp32 && insn.src() == 0 => {
-            emit_call(enc, insn, index, exit_offset).ok_or_else(bad)?;
+            emit_call(encoder, insn, index, exit_offset).ok_or_else(bad)?;
             return Ok(());
         }
         op::EXIT if !jmp32 => {
-            enc.jmp(exit_offset);
+            encoder.jmp(exit_offset);
             return Ok(());
         }
         op::JEQ => Cond::E,
@@ -570,26 +570,31 @@ fn emit_jump(
     };
     let target = target(i64::from(insn.off))?;
     match (operation == op::JSET, operand) {
-        (false, Operand::Imm(imm)) => enc.alu_ri(Alu::Cmp, width, dst, imm),
-        (false, Operand::Reg(src)) => enc.alu_rr(Alu::Cmp, width, dst, src),
-        (true, Operand::Imm(imm)) => enc.test_ri(width, dst, imm),
-        (true, Operand::Reg(src)) => enc.test_rr(width, dst, src),
+        (false, Operand::Imm(imm)) => encoder.alu_ri(Alu::Cmp, width, dst, imm),
+        (false, Operand::Reg(src)) => encoder.alu_rr(Alu::Cmp, width, dst, src),
+        (true, Operand::Imm(imm)) => encoder.test_ri(width, dst, imm),
+        (true, Operand::Reg(src)) => encoder.test_rr(width, dst, src),
     }
-    enc.jcc(cond, target);
+    encoder.jcc(cond, target);
     Ok(())
 }
 
 /// A helper call through the environment's dispatch function.
-fn emit_call(enc: &mut Encoder<'_>, insn: Insn, index: usize, exit_offset: usize) -> Option<()> {
+fn emit_call(
+    encoder: &mut Encoder<'_>,
+    insn: Insn,
+    index: usize,
+    exit_offset: usize,
+) -> Option<()> {
     let helper = u16::try_from(insn.imm).ok()?;
     let slot = u16::try_from(index).ok()?;
     let site = runtime::call_site(helper, slot);
-    enc.store_imm(Size::B8, ENV, runtime::CALL_SITE_OFFSET, site);
-    enc.mov_rr(Width::W64, Reg::R9, ENV);
-    enc.call_indirect(ENV, runtime::DISPATCH_OFFSET);
+    encoder.store_imm(Size::B8, ENV, runtime::CALL_SITE_OFFSET, site);
+    encoder.mov_rr(Width::W64, Reg::R9, ENV);
+    encoder.call_indirect(ENV, runtime::DISPATCH_OFFSET);
     // The dispatch function's trap flag comes back in rdx.
-    enc.test_rr(Width::W64, Reg::Rdx, Reg::Rdx);
-    enc.jcc(Cond::Ne, exit_offset);
+    encoder.test_rr(Width::W64, Reg::Rdx, Reg::Rdx);
+    encoder.jcc(Cond::Ne, exit_offset);
     Some(())
 }
 
@@ -599,9 +604,9 @@ mod tests {
 
     #[test]
     fn frame_fits_its_bound() {
-        let mut enc = Encoder::measuring();
-        emit_prologue(&mut enc);
-        emit_epilogue(&mut enc);
-        assert!(enc.position() <= FRAME_BYTES, "{}", enc.position());
+        let mut encoder = Encoder::measuring();
+        emit_prologue(&mut encoder);
+        emit_epilogue(&mut encoder);
+        assert!(encoder.position() <= FRAME_BYTES, "{}", encoder.position());
     }
 }
