@@ -430,7 +430,7 @@ mod code {
 }
 
 /// The memory a program can address, and where the program believes it lives.
-struct Memory<'s, 'c> {
+pub(crate) struct Memory<'s, 'c> {
     /// The addressable top of the stack: its last byte is just below `r10`.
     stack: &'s mut [u8],
     /// The number in `r10` minus the length of `stack`: the address of `stack`.
@@ -440,7 +440,19 @@ struct Memory<'s, 'c> {
     context_base: u64,
 }
 
-impl Memory<'_, '_> {
+impl<'s, 'c> Memory<'s, 'c> {
+    /// The memory of a run on `stack` (the addressable top of the handler stack,
+    /// its last byte just below `r10`) and `context`, at their real addresses.
+    pub(crate) fn new(stack: &'s mut [u8], context: &'c ProbeContext) -> Self {
+        let context = context.as_bytes();
+        Memory {
+            stack_base: stack.as_ptr().addr() as u64,
+            stack,
+            context,
+            context_base: context.as_ptr().addr() as u64,
+        }
+    }
+
     /// The `N` bytes at `address`, from the stack or the context.
     #[inline(always)]
     fn load<const N: usize>(&self, address: u64) -> Option<[u8; N]> {
@@ -555,15 +567,8 @@ fn execute<H: Helpers + ?Sized, T: Tracer + ?Sized>(
     tracer: &mut T,
     stack: &mut [u8],
 ) -> Result<u64, Trap> {
-    let context_bytes = context.as_bytes();
-    let stack_base = stack.as_ptr().addr() as u64;
-    let stack_end = stack_base + stack.len() as u64;
-    let mut memory = Memory {
-        stack,
-        stack_base,
-        context: context_bytes,
-        context_base: context_bytes.as_ptr().addr() as u64,
-    };
+    let stack_end = stack.as_ptr().addr() as u64 + stack.len() as u64;
+    let mut memory = Memory::new(stack, context);
 
     // Sixteen registers so that any 4-bit register number indexes without a bounds
     // check; numbers above 10 trap before use.
@@ -834,8 +839,9 @@ fn execute<H: Helpers + ?Sized, T: Tracer + ?Sized>(
                 if src != 0 {
                     return Err(invalid(at, insn.code));
                 }
-                reg[0] =
-                    call_helper(imm, &reg, &mut memory, helpers).map_err(|kind| trap(at, kind))?;
+                let [_, r1, r2, r3, r4, r5, ..] = reg;
+                reg[0] = call_helper(imm, &[r1, r2, r3, r4, r5], &mut memory, helpers)
+                    .map_err(|kind| trap(at, kind))?;
             }
             code::EXIT => return Ok(reg[0]),
 
@@ -933,22 +939,24 @@ fn map_of<H: Helpers + ?Sized>(helpers: &H, r1: u64) -> Result<(MapId, MapSpec),
     Ok((map, spec))
 }
 
-/// Runs helper `id` with the arguments in `r1`–`r5` and returns the value for `r0`.
+/// Runs helper `id` with the arguments `args` (`r1`–`r5`) and returns the value
+/// for `r0`.
 ///
 /// `r1`–`r5` keep their values; the verifier treats them as clobbered, so no
 /// program may rely on that. Out of line: calls are rare next to arithmetic, and
-/// keeping them out of the loop keeps the loop small.
+/// keeping them out of the loop keeps the loop small. The JIT's helper dispatch
+/// calls this same function, so helper semantics are the interpreter's in both.
 #[inline(never)]
-fn call_helper<H: Helpers + ?Sized>(
+pub(crate) fn call_helper<H: Helpers + ?Sized>(
     id: i32,
-    reg: &[u64; 16],
+    args: &[u64; 5],
     memory: &mut Memory<'_, '_>,
     helpers: &mut H,
 ) -> Result<u64, TrapKind> {
     let Some(helper) = u32::try_from(id).ok().and_then(Helper::from_id) else {
         return Err(TrapKind::UnknownHelper { id });
     };
-    let [_, r1, r2, r3, ..] = *reg;
+    let [r1, r2, r3, ..] = *args;
     let bad = |register: u8, value: u64| TrapKind::BadHelperArgument {
         helper,
         register,

@@ -17,7 +17,8 @@
 //!   [`Stub::drain`]), calls [`Stub::poll`] now and then for the lease, and
 //!   [`Stub::end_session`] when the port's holder goes away.
 //!
-//! Inside: [`interpreter`] runs verified handler programs; `stub.rs` holds the
+//! Inside: [`interpreter`] runs verified handler programs and [`jit`] compiles
+//! them to native code with the same semantics; `stub.rs` holds the
 //! probe-context entry points and the quiescence protocol; `session.rs` the
 //! requests; `probes.rs`, `maps.rs`, `ring.rs` and `returns.rs` the tables; and
 //! `limits.rs` every capacity. [`arch`] is the architecture backend.
@@ -27,12 +28,14 @@
 //! - `no_std`, and nothing here allocates; every capacity is fixed in [`limits`].
 //! - Probe context never blocks, never sends anything, and never takes a lock its
 //!   own CPU may hold; no input makes the stub panic.
-//! - The `unsafe` of the stub is confined to `sync.rs` (publication cells) and
-//!   the reads that its contracts allow.
+//! - The `unsafe` of the stub is confined to `sync.rs` (publication cells), the
+//!   reads that its contracts allow, and `jit/x86_64/runtime.rs` (calling
+//!   compiled code).
 #![cfg_attr(not(test), no_std)]
 
 pub mod arch;
 pub mod interpreter;
+pub mod jit;
 mod jump;
 pub mod limits;
 mod maps;
