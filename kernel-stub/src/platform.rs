@@ -151,6 +151,15 @@ pub trait Platform: Sync {
     /// in the kernel image.
     fn out_of_line_area(&self) -> Range<u64>;
 
+    /// Executable memory the stub writes compiled handler programs into (through
+    /// [`Platform::write_text`]); its bytes are reused for other programs once the
+    /// probes that used them are gone and no CPU can be running them. The
+    /// [`crate::out_of_line_area!`] macro defines one as well. Default: none, and
+    /// handlers are interpreted.
+    fn compiled_code_area(&self) -> Range<u64> {
+        0..0
+    }
+
     /// Runs `f` with interrupts disabled on the current CPU, then restores the
     /// previous state (so calls nest, and a call with interrupts already off
     /// leaves them off). The session holds the locks that probe context also

@@ -80,6 +80,14 @@ pub(crate) struct ProbeData {
     pub(crate) stack_depth: u16,
     /// The same for the entry program.
     pub(crate) entry_stack_depth: u16,
+    /// Bytes of compiled code in the platform's compiled-code area (0: the
+    /// programs are interpreted): the handler's first, at `code_start`.
+    pub(crate) code_len: u32,
+    /// Offset of the compiled code in the area.
+    pub(crate) code_start: u32,
+    /// Offset of the entry program's code from `code_start` (return probes with an
+    /// entry program).
+    pub(crate) entry_code_offset: u32,
 }
 
 impl ProbeData {
@@ -94,6 +102,9 @@ impl ProbeData {
         entry_len: 0,
         stack_depth: 0,
         entry_stack_depth: 0,
+        code_len: 0,
+        code_start: 0,
+        entry_code_offset: 0,
     };
 
     /// The arena range of the handler.

@@ -68,6 +68,8 @@ use probe_port_protocol::message::{
 use probe_port_protocol::verifier::{ProgramKind, Rule, VerifierConfig, VerifierScratch, verify};
 
 use crate::arch::{self, MAX_INSN_LEN, SLOT_SIZE};
+use crate::jit::JitScratch;
+use crate::jit::x86_64::{compile, max_code_size};
 use crate::jump::{self, DETOUR_SLOTS, DetourError, JUMP_LEN};
 use crate::limits::{
     MAX_BOUNDARY_SCAN, MAX_CPUS, MAX_MAPS, MAX_MESSAGE, MAX_OUT_OF_LINE_SLOTS, MAX_PAGE_ENTRIES,
@@ -82,6 +84,23 @@ use crate::stub::{Stub, TrapOutcome, jump_entry};
 /// The verifier's working memory (164 KiB): one per kernel, used only by the
 /// session that holds the session lock, so a second lock never waits.
 static VERIFIER: spin::Mutex<VerifierScratch> = spin::Mutex::new(VerifierScratch::new());
+
+/// The JIT's working memory and the buffer a program's code is compiled into
+/// before it is copied into the compiled-code area; used under the same lock.
+struct Compiler {
+    scratch: JitScratch,
+    code: [u8; MAX_COMPILED],
+}
+
+/// The most code of one probe: a handler and an entry program of the longest.
+const MAX_COMPILED: usize = 2 * (max_code_size(MAX_PROGRAM_INSNS) + CODE_ALIGN);
+/// Compiled programs start on this boundary.
+const CODE_ALIGN: usize = 16;
+
+static COMPILER: spin::Mutex<Compiler> = spin::Mutex::new(Compiler {
+    scratch: JitScratch::new(),
+    code: [0; MAX_COMPILED],
+});
 
 /// Wire bytes of the largest frame the stub sends.
 const MAX_FRAME: usize = max_encoded_len(MAX_MESSAGE);
@@ -284,6 +303,22 @@ fn overlay_originals(sites: &[SiteRecord], address: u64, bytes: &mut [u8]) {
             }
         }
     }
+}
+
+/// The first offset, a multiple of `align`, where `len` units fit in `0..capacity`
+/// between the `(start, len)` ranges of `used` (sorted here).
+fn first_fit(used: &mut [(u32, u32)], len: usize, capacity: usize, align: usize) -> Option<usize> {
+    used.sort_unstable();
+    let mut cursor = 0usize;
+    for &(start, used_len) in used.iter() {
+        if (start as usize).saturating_sub(cursor) >= len {
+            return Some(cursor);
+        }
+        cursor = cursor
+            .max(start as usize + used_len as usize)
+            .next_multiple_of(align);
+    }
+    (capacity.saturating_sub(cursor) >= len).then_some(cursor)
 }
 
 /// Whether `address` lies inside a planned jump's window (but for its first byte).
@@ -642,6 +677,7 @@ impl<P: Platform> Stub<P> {
         address == 0
             || address == u64::MAX
             || self.platform.out_of_line_area().contains(&address)
+            || self.platform.compiled_code_area().contains(&address)
             || self
                 .platform
                 .forbidden_text()
@@ -939,7 +975,12 @@ impl<P: Platform> Stub<P> {
             return Err(refuse(ErrorCode::MALFORMED));
         }
         let mut scratch = VERIFIER.lock();
+        let mut compiler = COMPILER.lock();
+        let compiler = &mut *compiler;
         let mut depths = [0u16; 2];
+        // The programs' code, back to back in the compiler's buffer; `None` once
+        // one of them does not compile (both are interpreted then).
+        let mut compiled: Option<(usize, usize)> = Some((0, 0));
         for ((range, kind, entry), depth) in [
             (start..start + program_len, ProgramKind::Probe, false),
             (start + program_len..start + total, ProgramKind::Entry, true),
@@ -958,11 +999,17 @@ impl<P: Platform> Stub<P> {
             match verify(insns, &config, &mut scratch) {
                 Ok(verified) => {
                     *depth = u16::try_from(verified.stack_depth()).unwrap_or(u16::MAX);
+                    compiled = compiled.and_then(|(used, entry_offset)| {
+                        let at = used.next_multiple_of(CODE_ALIGN);
+                        let out = compiler.code.get_mut(at..)?;
+                        let len = compile(&verified, out, &mut compiler.scratch).ok()?;
+                        Some((at + len, if entry { at } else { entry_offset }))
+                    });
                 }
                 Err(error) => return Err(rejected(error.index, error.rule, entry)),
             }
         }
-        Ok(ProbeData {
+        let mut data = ProbeData {
             program_start: start as u32,
             program_len: program_len as u32,
             entry_start: (start + program_len) as u32,
@@ -970,7 +1017,54 @@ impl<P: Platform> Stub<P> {
             stack_depth: depths[0],
             entry_stack_depth: depths[1],
             ..ProbeData::default()
-        })
+        };
+        if let Some((len, entry_offset)) = compiled {
+            self.place_code(
+                &mut session.ranges,
+                &mut data,
+                &compiler.code[..len],
+                entry_offset,
+            );
+        }
+        Ok(data)
+    }
+
+    /// Copies a probe's compiled code into the platform's compiled-code area (first
+    /// fit between the code of armed probes) and records it in `data`; without
+    /// room or a way to write, the probe's programs are interpreted.
+    fn place_code(
+        &self,
+        used: &mut [(u32, u32); MAX_PROBES],
+        data: &mut ProbeData,
+        code: &[u8],
+        entry_offset: usize,
+    ) {
+        let area = self.platform.compiled_code_area();
+        let capacity = area.end.saturating_sub(area.start) as usize;
+        if code.is_empty() || capacity == 0 {
+            return;
+        }
+        let mut count = 0;
+        for (_, armed) in self.probes.armed() {
+            if armed.code_len > 0
+                && let Some(slot) = used.get_mut(count)
+            {
+                *slot = (armed.code_start, armed.code_len);
+                count += 1;
+            }
+        }
+        let Some(start) = first_fit(&mut used[..count], code.len(), capacity, CODE_ALIGN) else {
+            return;
+        };
+        if self
+            .platform
+            .write_text(area.start + start as u64, code)
+            .is_ok()
+        {
+            data.code_start = start as u32;
+            data.code_len = code.len() as u32;
+            data.entry_code_offset = entry_offset as u32;
+        }
     }
 
     /// First fit in the program arena between the ranges of armed probes.
@@ -982,16 +1076,7 @@ impl<P: Platform> Stub<P> {
                 count += 1;
             }
         }
-        let ranges = &mut session.ranges[..count];
-        ranges.sort_unstable();
-        let mut cursor = 0usize;
-        for &(start, len_used) in ranges.iter() {
-            if (start as usize).saturating_sub(cursor) >= len {
-                return Some(cursor);
-            }
-            cursor = cursor.max(start as usize + len_used as usize);
-        }
-        (PROGRAM_ARENA_SLOTS.saturating_sub(cursor) >= len).then_some(cursor)
+        first_fit(&mut session.ranges[..count], len, PROGRAM_ARENA_SLOTS, 1)
     }
 
     /// The out-of-line slot that runs the instruction at `address` (`code`, its

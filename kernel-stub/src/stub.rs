@@ -76,6 +76,7 @@ use probe_port_protocol::maps::{MapId, MapSpec};
 
 use crate::arch::{self, StackAccess, TrapRegisters};
 use crate::interpreter::{self, EntrySaveError, Fault, Full, Helpers, TrapKind};
+use crate::jit::x86_64::JitProgram;
 use crate::limits::{MAX_CPUS, MAX_RECORD, MAX_STACK_TRACE, MAX_TIMERS};
 use crate::maps::{MapLayout, MapStore};
 use crate::markers::MarkerSink;
@@ -692,7 +693,8 @@ impl<P: Platform> Stub<P> {
             let hits = percpu.hits.load(Ordering::Relaxed);
             percpu.hits.store(hits.wrapping_add(1), Ordering::Relaxed);
         }
-        let stack_depth = if entry_values.is_some() {
+        let is_entry = entry_values.is_some();
+        let stack_depth = if is_entry {
             data.entry_stack_depth
         } else {
             data.stack_depth
@@ -709,13 +711,25 @@ impl<P: Platform> Stub<P> {
         // SAFETY: this is the non-nested entry holding `cpu`'s `in_handler` flag
         // (see above), and the borrow ends with this run.
         let stack = unsafe { percpu.stack.get() };
-        let result = interpreter::run_on_stack(
-            program,
-            context,
-            &mut executor,
-            stack,
-            usize::from(stack_depth),
-        );
+        let result = match self.compiled(data, is_entry) {
+            Some(code) => {
+                // SAFETY: the session copied exactly the JIT's code for this
+                // verified program (of this stack depth) to `code` with
+                // `Platform::write_text` (every CPU serialised) before it published
+                // the probe, and rewrites those bytes only after the probe is
+                // unpublished and quiescence reached, which waits for this run.
+                let program =
+                    unsafe { JitProgram::new(code as *const u8, usize::from(stack_depth)) };
+                program.run(context, &mut executor, stack)
+            }
+            None => interpreter::run_on_stack(
+                program,
+                context,
+                &mut executor,
+                stack,
+                usize::from(stack_depth),
+            ),
+        };
         if let Err(trap) = result {
             let address = match trap.kind {
                 TrapKind::OutOfBounds { address, .. } => Some(address),
@@ -723,6 +737,22 @@ impl<P: Platform> Stub<P> {
             };
             self.count_fault(cpu, probe, address);
         }
+    }
+
+    /// The address of the compiled code of `data`'s handler (`entry`: of its entry
+    /// program), if its programs were compiled.
+    #[inline]
+    fn compiled(&self, data: &ProbeData, entry: bool) -> Option<u64> {
+        if data.code_len == 0 {
+            return None;
+        }
+        let offset = u64::from(data.code_start)
+            + if entry {
+                u64::from(data.entry_code_offset)
+            } else {
+                0
+            };
+        Some(self.platform.compiled_code_area().start + offset)
     }
 
     fn count_fault(&self, cpu: usize, probe: &ProbeSlot, address: Option<u64>) {

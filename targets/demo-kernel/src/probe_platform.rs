@@ -71,6 +71,7 @@ use crate::{apic, percpu, sched, time};
 pub(crate) static STUB: Stub<DemoPlatform> = Stub::new(DemoPlatform);
 
 kernel_stub::out_of_line_area!(probe_slots, 256 * 1024);
+kernel_stub::out_of_line_area!(compiled_handlers, 256 * 1024);
 
 /// The kernel's name and version, for the handshake.
 const KERNEL_NAME: &str = concat!("demo-kernel ", env!("CARGO_PKG_VERSION"));
@@ -588,6 +589,10 @@ impl Platform for DemoPlatform {
 
     fn out_of_line_area(&self) -> Range<u64> {
         probe_slots::range()
+    }
+
+    fn compiled_code_area(&self) -> Range<u64> {
+        compiled_handlers::range()
     }
 
     #[unsafe(link_section = ".text.probeport_forbidden")]
