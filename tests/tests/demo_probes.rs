@@ -783,7 +783,12 @@ fn every_function_armed_at_once_refused_precisely_and_counted_exactly() {
         forbidden_count > 20,
         "the trap path and the stub's entry points are refused"
     );
-    assert!(armed.len() > 800, "{} armed", armed.len());
+    assert!(
+        armed.len() * 10 > functions.len() * 8,
+        "{} of {} functions armed",
+        armed.len(),
+        functions.len()
+    );
 
     run.start_workload();
     run.wait_workload(ROUNDS, Duration::from_secs(150));

@@ -152,16 +152,31 @@ impl KernelImage {
     }
 
     /// The kernel text the stub must leave as it found it: `.text` without the
-    /// out-of-line area, as ranges.
+    /// stub's own areas (the out-of-line slots and the compiled handlers), as
+    /// ranges.
     pub fn checked_text(&self) -> Vec<std::ops::Range<u64>> {
         let text = self.symbol("__text_start")..self.symbol("__text_end");
-        let area = self.out_of_line_area();
-        vec![text.start..area.start, area.end..text.end]
+        let mut areas = [self.out_of_line_area(), self.compiled_code_area()];
+        areas.sort_by_key(|area| area.start);
+        let mut ranges = Vec::new();
+        let mut cursor = text.start;
+        for area in areas {
+            ranges.push(cursor..area.start);
+            cursor = area.end;
+        }
+        ranges.push(cursor..text.end);
+        ranges
     }
 
     /// The stub's out-of-line area.
     pub fn out_of_line_area(&self) -> std::ops::Range<u64> {
         let start = self.symbol("__probeport_out_of_line_probe_slots");
+        start..start + 256 * 1024
+    }
+
+    /// Where the stub writes compiled handlers.
+    pub fn compiled_code_area(&self) -> std::ops::Range<u64> {
+        let start = self.symbol("__probeport_out_of_line_compiled_handlers");
         start..start + 256 * 1024
     }
 
