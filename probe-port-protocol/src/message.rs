@@ -638,9 +638,7 @@ impl Request<'_> {
                     }
                     Site::Marker { .. } => Ok(()),
                     Site::Timer { period_ns, .. } => check(*period_ns > 0, "period_ns"),
-                    Site::User { path, .. } => {
-                        check((1..=MAX_PATH).contains(&path.len()), "path")
-                    }
+                    Site::User { path, .. } => check((1..=MAX_PATH).contains(&path.len()), "path"),
                 }
             }
             RequestBody::ReadMemory { len, .. } => {

@@ -580,13 +580,13 @@ fn user_sites_have_a_fixed_encoding() {
     let bytes = postcard::to_allocvec(&site).unwrap();
     // Variant 4, the path (length then bytes), the offset as a varint, the bool,
     // the semaphore offset as a varint.
-    assert_eq!(
-        bytes,
-        [4, 2, b'/', b't', 0xb9, 0x22, 1, 0x90, 0x80, 0x01]
-    );
+    assert_eq!(bytes, [4, 2, b'/', b't', 0xb9, 0x22, 1, 0x90, 0x80, 0x01]);
     assert_eq!(postcard::from_bytes::<Site<'_>>(&bytes).unwrap(), site);
     assert_eq!(
-        format!("{:?}", Capabilities(Capabilities::USER | Capabilities::MARKER)),
+        format!(
+            "{:?}",
+            Capabilities(Capabilities::USER | Capabilities::MARKER)
+        ),
         r#"{"marker", "user"}"#
     );
 }
