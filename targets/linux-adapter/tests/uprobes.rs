@@ -220,3 +220,146 @@ fn a_missing_binary_or_symbol_is_refused_clearly() {
         "{missing}"
     );
 }
+
+/// A handler emitting the marker's register arguments as 8-byte values, each
+/// sign- or zero-extended from its declared size.
+fn usdt_handler(arguments: &[userland_client::uprobe::UsdtArgument]) -> String {
+    let mut text = String::from("    mov64 r9, r1\n");
+    for (index, argument) in arguments.iter().enumerate() {
+        let offset = argument.slot * 8;
+        text.push_str(&format!("    ldxdw r6, [r9+{offset}]\n"));
+        match argument.size {
+            -1 => text.push_str("    mov64sx8 r6, r6\n"),
+            -2 => text.push_str("    mov64sx16 r6, r6\n"),
+            -4 => text.push_str("    mov64sx32 r6, r6\n"),
+            1 => text.push_str("    and64 r6, 0xff\n"),
+            2 => text.push_str("    and64 r6, 0xffff\n"),
+            4 => text.push_str("    mov32 r6, r6\n"),
+            _ => {}
+        }
+        let at = -8 * (arguments.len() - index) as i64;
+        text.push_str(&format!("    stxdw [r10{at}], r6\n"));
+    }
+    let size = 8 * arguments.len();
+    text.push_str(&format!(
+        "    mov64 r1, r10\n    add64 r1, -{size}\n    mov64 r2, {size}\n    call emit\n    mov64 r0, 0\n    exit\n"
+    ));
+    text
+}
+
+fn events(port: &mut userland_client::port::Port<std::os::unix::net::UnixStream>) -> Vec<Vec<u64>> {
+    port.poll(Duration::from_millis(100)).unwrap();
+    let mut records = Vec::new();
+    for message in port.take_unsolicited() {
+        match message {
+            Unsolicited::Event(event) => records.push(
+                event
+                    .data
+                    .chunks_exact(8)
+                    .map(|word| u64::from_le_bytes(word.try_into().unwrap()))
+                    .collect(),
+            ),
+            Unsolicited::Lost(report) => panic!("lost events: {report:?}"),
+        }
+    }
+    records
+}
+
+#[test]
+fn a_usdt_marker_with_a_semaphore_fires_with_its_arguments() {
+    let daemon = Daemon::start(&[]);
+    let mut port = daemon.client();
+    let marker = userland_client::uprobe::usdt_marker(traced(), "probeport", "tick").unwrap();
+    assert_ne!(marker.semaphore_offset, 0);
+    let arguments = userland_client::uprobe::usdt_register_arguments(&marker.arguments)
+        .unwrap_or_else(|| panic!("not register arguments: {}", marker.arguments));
+    assert_eq!(arguments.len(), 2);
+    assert_eq!(arguments[0].size, -4);
+
+    // Without the probe the semaphore is 0 and the marker code never runs.
+    assert!(run_traced(50).ends_with("marks=0"));
+
+    let path = traced().display().to_string();
+    let reply = arm(
+        &mut port,
+        Site::User {
+            path: &path,
+            file_offset: marker.file_offset,
+            is_return: false,
+            ref_ctr_offset: marker.semaphore_offset,
+        },
+        &program(&usdt_handler(&arguments)),
+    );
+    assert!(
+        matches!(reply.ok(), Ok(ReplyBody::Armed { .. })),
+        "{:?}",
+        reply.get()
+    );
+    port.request(RequestBody::Start).unwrap().ok().unwrap();
+    let line = run_traced(50);
+    port.request(RequestBody::Stop).unwrap().ok().unwrap();
+    assert!(line.ends_with("marks=50"), "{line}");
+
+    let mut records = events(&mut port);
+    records.sort();
+    let mut total = 0u64;
+    let expected: Vec<Vec<u64>> = (0..50u64)
+        .map(|index| {
+            total += index * 7 + 1;
+            vec![index, total]
+        })
+        .collect();
+    assert_eq!(records, expected);
+
+    port.request(RequestBody::Goodbye).unwrap().ok().unwrap();
+    drop(port);
+    // The uprobe is gone with the session, and with it the semaphore's count.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(run_traced(50).ends_with("marks=0"));
+}
+
+#[test]
+fn a_return_probe_sees_the_return_value() {
+    let daemon = Daemon::start(&[]);
+    let mut port = daemon.client();
+    let (path, offset) = function_site("probeport_work", true);
+    // rax (slot 0) is the return value; the PC slot is where the function returned to.
+    let handler = "
+        mov64 r9, r1
+        ldxdw r6, [r9+0]
+        stxdw [r10-8], r6
+        mov64 r1, r10
+        add64 r1, -8
+        mov64 r2, 8
+        call emit
+        mov64 r0, 0
+        exit
+    ";
+    let reply = arm(
+        &mut port,
+        Site::User {
+            path: &path,
+            file_offset: offset,
+            is_return: true,
+            ref_ctr_offset: 0,
+        },
+        &program(handler),
+    );
+    assert!(
+        matches!(reply.ok(), Ok(ReplyBody::Armed { .. })),
+        "{:?}",
+        reply.get()
+    );
+    port.request(RequestBody::Start).unwrap().ok().unwrap();
+    run_traced(20);
+    port.request(RequestBody::Stop).unwrap().ok().unwrap();
+    let mut returned: Vec<u64> = events(&mut port)
+        .into_iter()
+        .map(|record| record[0])
+        .collect();
+    returned.sort_unstable();
+    assert_eq!(
+        returned,
+        (0..20u64).map(|index| index * 7 + 1).collect::<Vec<_>>()
+    );
+}
