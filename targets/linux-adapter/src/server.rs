@@ -38,6 +38,8 @@ pub struct Config {
     pub lease_ms: u32,
     /// Mode of the socket file (0o600 unless testing the credential check).
     pub socket_mode: u32,
+    /// Bytes of each session's event ring (a power of two, at least a page).
+    pub ring_bytes: usize,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
         Self {
             lease_ms: 10_000,
             socket_mode: 0o600,
+            ring_bytes: crate::session::RING_BYTES,
         }
     }
 }
@@ -132,7 +135,7 @@ pub fn serve(listener: &UnixListener, pmu: UprobePmu, config: &Config) -> io::Re
 /// closed when this returns, however it returns.
 pub fn serve_one(mut stream: UnixStream, pmu: UprobePmu, config: &Config) -> io::Result<()> {
     let allowed = privileged(&stream);
-    let mut session = Session::new(pmu, config.lease_ms)?;
+    let mut session = Session::new(pmu, config.lease_ms, config.ring_bytes)?;
     let mut decoder = Box::new(DefaultFrameDecoder::new());
     let mut buffer = vec![0u8; 64 * 1024];
     let mut last_request = Instant::now();

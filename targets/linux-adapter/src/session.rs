@@ -38,7 +38,7 @@ use crate::translate::{self, Environment, LinuxMap, RECORD_HEADER, counter, stat
 pub const MAX_PROBES: u32 = 256;
 /// Most maps one session may define.
 pub const MAX_MAPS: u32 = 64;
-/// Bytes of the one event ring buffer.
+/// Bytes of the one event ring buffer, by default.
 pub const RING_BYTES: usize = 1 << 20;
 /// Bytes of map memory a session may ask for (the sum of key and value sizes times
 /// entries, per CPU for aggregations).
@@ -167,6 +167,7 @@ pub struct Session {
     pmu: UprobePmu,
     cpus: usize,
     lease_ms: u32,
+    ring_bytes: usize,
     open: bool,
     started: bool,
     next_probe: u32,
@@ -233,12 +234,13 @@ fn log_reason(log: &str) -> &str {
 
 impl Session {
     /// A session not yet opened by `Hello`.
-    pub fn new(pmu: UprobePmu, lease_ms: u32) -> std::io::Result<Session> {
+    pub fn new(pmu: UprobePmu, lease_ms: u32, ring_bytes: usize) -> std::io::Result<Session> {
         let cpus = sys::possible_cpus()?;
         Ok(Session {
             pmu,
             cpus,
             lease_ms,
+            ring_bytes,
             open: false,
             started: false,
             next_probe: 1,
@@ -346,7 +348,7 @@ impl Session {
         };
         let shared = (|| -> std::io::Result<Shared> {
             Ok(Shared {
-                ring: RingBuffer::create(RING_BYTES)?,
+                ring: RingBuffer::create(self.ring_bytes)?,
                 counters: BpfMap::create(
                     map_type::PERCPU_ARRAY,
                     4,
@@ -387,7 +389,7 @@ impl Session {
                     max_probes: MAX_PROBES,
                     max_maps: MAX_MAPS,
                     map_memory: MAP_MEMORY,
-                    ring_bytes_per_cpu: (RING_BYTES / self.cpus.max(1)) as u32,
+                    ring_bytes_per_cpu: (self.ring_bytes / self.cpus.max(1)) as u32,
                     max_record: STACK_SIZE as u32,
                     return_depth: 64,
                 },

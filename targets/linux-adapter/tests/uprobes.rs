@@ -211,8 +211,8 @@ fn a_missing_binary_or_symbol_is_refused_clearly() {
     assert_eq!(error.code, ErrorCode::INVALID_ARGUMENT);
     assert_eq!(error.detail, ErrorDetail::Text("path"));
 
-    let missing =
-        userland_client::uprobe::function_offset(common::traced(), "no_such_function").unwrap_err();
+    let missing = userland_client::uprobe::function_offset(&common::traced(), "no_such_function")
+        .unwrap_err();
     assert!(
         missing
             .to_string()
@@ -269,7 +269,7 @@ fn events(port: &mut userland_client::port::Port<std::os::unix::net::UnixStream>
 fn a_usdt_marker_with_a_semaphore_fires_with_its_arguments() {
     let daemon = Daemon::start(&[]);
     let mut port = daemon.client();
-    let marker = userland_client::uprobe::usdt_marker(traced(), "probeport", "tick").unwrap();
+    let marker = userland_client::uprobe::usdt_marker(&traced(), "probeport", "tick").unwrap();
     assert_ne!(marker.semaphore_offset, 0);
     let arguments = userland_client::uprobe::usdt_register_arguments(&marker.arguments)
         .unwrap_or_else(|| panic!("not register arguments: {}", marker.arguments));

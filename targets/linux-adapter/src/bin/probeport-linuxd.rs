@@ -1,6 +1,6 @@
 //! `probeport-linuxd`: serves the probe port on a Unix socket on Linux.
 //!
-//! Usage: `probeport-linuxd SOCKET [--lease-ms N] [--socket-mode OCTAL]`.
+//! Usage: `probeport-linuxd SOCKET [--lease-ms N] [--ring-bytes N] [--socket-mode OCTAL]`.
 //! The socket is root-only (0600) unless `--socket-mode` says otherwise; peers are
 //! checked for uid 0, `CAP_PERFMON` or `CAP_SYS_ADMIN` in any case.
 
@@ -21,6 +21,13 @@ fn run() -> anyhow::Result<()> {
                 let value = args.next().context("--lease-ms needs a value")?;
                 config.lease_ms = value.parse().context("--lease-ms")?;
             }
+            "--ring-bytes" => {
+                let value = args.next().context("--ring-bytes needs a value")?;
+                config.ring_bytes = value.parse().context("--ring-bytes")?;
+                if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
+                    bail!("--ring-bytes must be a power of two of at least 4096");
+                }
+            }
             "--socket-mode" => {
                 let value = args.next().context("--socket-mode needs a value")?;
                 config.socket_mode = u32::from_str_radix(&value, 8).context("--socket-mode")?;
@@ -29,8 +36,9 @@ fn run() -> anyhow::Result<()> {
             path => socket = Some(PathBuf::from(path)),
         }
     }
-    let socket =
-        socket.context("usage: probeport-linuxd SOCKET [--lease-ms N] [--socket-mode OCTAL]")?;
+    let socket = socket.context(
+        "usage: probeport-linuxd SOCKET [--lease-ms N] [--ring-bytes N] [--socket-mode OCTAL]",
+    )?;
     let pmu =
         UprobePmu::discover().context("the uprobe PMU (/sys/bus/event_source/devices/uprobe)")?;
     let listener = server::bind(&socket, &config)

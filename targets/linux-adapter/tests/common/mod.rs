@@ -30,9 +30,28 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// This test's own copy of the traced program. Uprobes belong to a file (an
+/// inode) and fire in every process running it, so tests running in parallel each
+/// trace their own copy.
+pub fn traced() -> PathBuf {
+    thread_local! {
+        static COPY: std::cell::OnceCell<PathBuf> = const { std::cell::OnceCell::new() };
+    }
+    COPY.with(|copy| {
+        copy.get_or_init(|| {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("main").replace("::", "-");
+            let path = scratch_dir().join(format!("traced-{name}"));
+            std::fs::copy(traced_build(), &path).expect("copy of the traced program");
+            path
+        })
+        .clone()
+    })
+}
+
 /// The traced program (`tests/fixtures/traced.c`), built once per test binary
 /// with gcc (installed with apt-get when missing).
-pub fn traced() -> &'static Path {
+fn traced_build() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         if Command::new("gcc").arg("--version").output().is_err() {
@@ -165,7 +184,7 @@ pub fn define(port: &mut Port<UnixStream>, spec: MapSpec) {
 
 pub fn function_site(name: &str, is_return: bool) -> (String, u64) {
     let path = traced().display().to_string();
-    let offset = userland_client::uprobe::function_offset(traced(), name).expect("symbol");
+    let offset = userland_client::uprobe::function_offset(&traced(), name).expect("symbol");
     let _ = is_return;
     (path, offset)
 }
