@@ -1,0 +1,148 @@
+//! The translator on the programs the real compiler produces: every script of
+//! `lang/test_data/compile/ok/` compiled against the language's fake kernel, each
+//! handler translated, and (as root) loaded into the running kernel, whose verifier
+//! must accept it. Programs the translator cannot express are refused with a
+//! reason, and the test names which ones and why.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lang::fake::DemoKernel;
+use lang::source::Sources;
+use lang::{CompileOptions, compile};
+use linux_adapter::sys::{BpfMap, BpfProgram, RingBuffer, map_type};
+use linux_adapter::translate::{Environment, LinuxMap, counter, stat, translate};
+use probe_port_protocol::error::ErrorCode;
+use probe_port_protocol::maps::{MapId, MapKind};
+use probe_port_protocol::verifier::{ProgramKind, VerifierConfig, verify_alloc};
+
+fn scripts() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lang/test_data/compile/ok");
+    let mut scripts: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("the compiler's test scripts")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "probe"))
+        .map(|path| {
+            (
+                path.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&path).unwrap(),
+            )
+        })
+        .collect();
+    scripts.sort();
+    assert!(scripts.len() >= 10, "too few scripts in {}", dir.display());
+    scripts
+}
+
+#[test]
+fn compiled_programs_translate_and_the_kernel_accepts_them() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "loading programs into the kernel needs root"
+    );
+    let cpus = linux_adapter::sys::possible_cpus().unwrap();
+    let ring = RingBuffer::create(1 << 16).unwrap();
+    let counters = BpfMap::create(
+        map_type::PERCPU_ARRAY,
+        4,
+        (counter::WORDS * 8) as u32,
+        1,
+        "t_seq",
+    )
+    .unwrap();
+    let stats = BpfMap::create(
+        map_type::PERCPU_ARRAY,
+        4,
+        (stat::WORDS * 8) as u32,
+        257,
+        "t_stats",
+    )
+    .unwrap();
+    let mut loaded = 0;
+    let mut refused: BTreeMap<String, String> = BTreeMap::new();
+    for (name, text) in scripts() {
+        let mut sources = Sources::new();
+        sources.add_script(&format!("{name}.probe"), &text);
+        lang::tapset::add_builtin(&mut sources);
+        let (script, diagnostics) =
+            compile(&sources, &DemoKernel::new(), &CompileOptions::default());
+        let script = script.unwrap_or_else(|| panic!("{name} does not compile: {diagnostics:?}"));
+        let specs = script.map_specs();
+        let mut maps = BTreeMap::new();
+        for spec in &specs {
+            let (kind, zero) = match spec.kind {
+                MapKind::Hash => (map_type::HASH, None),
+                MapKind::Aggregate(_) => (
+                    map_type::PERCPU_HASH,
+                    Some(
+                        BpfMap::create(map_type::ARRAY, 4, spec.value_size.into(), 1, "t_zero")
+                            .unwrap(),
+                    ),
+                ),
+            };
+            let map = BpfMap::create(
+                kind,
+                spec.key_size.into(),
+                spec.value_size.into(),
+                spec.max_entries,
+                "t_map",
+            )
+            .unwrap_or_else(|error| panic!("{name}: map {spec:?}: {error}"));
+            maps.insert(spec.map.0, (*spec, map, zero));
+        }
+        let lookup = |map: MapId| {
+            maps.get(&map.0).map(|(spec, map, zero)| LinuxMap {
+                spec: *spec,
+                fd: map.raw_fd(),
+                zero_fd: zero.as_ref().map_or(-1, BpfMap::raw_fd),
+            })
+        };
+        for (number, attachment) in script.attachments().enumerate() {
+            let environment = Environment {
+                probe: number as u32 + 1,
+                maps: &lookup,
+                ring_fd: ring.raw_fd(),
+                counters_fd: counters.raw_fd(),
+                stats_fd: stats.raw_fd(),
+            };
+            let verified = verify_alloc(
+                &attachment.program,
+                &VerifierConfig::new(ProgramKind::Probe, &specs.as_slice()),
+            )
+            .expect("the compiler's programs verify");
+            let what = format!("{name}: {}", attachment.description);
+            match translate(&attachment.program, verified.stack_depth(), &environment) {
+                Ok(linux) => {
+                    if let Err(error) = BpfProgram::load(&linux, "t_prog") {
+                        panic!(
+                            "{what}: the kernel refused the translation ({}):\n{}\n{}",
+                            error.error,
+                            error.log,
+                            probe_port_protocol::asm::disassemble(&linux)
+                        );
+                    }
+                    loaded += 1;
+                }
+                Err(error) => {
+                    assert_eq!(error.code, ErrorCode::UNSUPPORTED, "{what}: {error}");
+                    refused.insert(what, error.reason);
+                }
+            }
+        }
+    }
+    let _ = cpus;
+    println!("{loaded} programs loaded; refused: {refused:#?}");
+    assert!(loaded >= 20, "only {loaded} programs loaded");
+    // What is refused, is refused for a reason this adapter documents.
+    for (what, reason) in &refused {
+        assert!(
+            reason.contains("stack_trace")
+                || reason.contains("entry")
+                || reason.contains("return-address"),
+            "{what}: unexpected refusal: {reason}"
+        );
+    }
+}
