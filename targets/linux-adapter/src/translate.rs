@@ -1139,3 +1139,228 @@ fn constant_alu(insn: Insn, destination: Value, source: Value) -> Value {
     };
     Value::Constant(if wide { result } else { result as u32 as i64 })
 }
+
+#[cfg(test)]
+mod tests {
+    use probe_port_protocol::asm::{assemble, disassemble};
+    use probe_port_protocol::maps::MapKind;
+
+    use super::*;
+
+    const RING: i32 = 101;
+    const COUNTERS: i32 = 102;
+    const STATS: i32 = 103;
+
+    fn no_maps(_: MapId) -> Option<LinuxMap> {
+        None
+    }
+
+    fn count_map(map: MapId) -> Option<LinuxMap> {
+        (map.0 == 3).then_some(LinuxMap {
+            spec: MapSpec {
+                map,
+                kind: MapKind::Aggregate(AggregateKind::Count),
+                key_size: 8,
+                value_size: 8,
+                max_entries: 16,
+            },
+            fd: 200,
+            zero_fd: 201,
+        })
+    }
+
+    fn environment(maps: &dyn Fn(MapId) -> Option<LinuxMap>) -> Environment<'_> {
+        Environment {
+            probe: 9,
+            maps,
+            ring_fd: RING,
+            counters_fd: COUNTERS,
+            stats_fd: STATS,
+        }
+    }
+
+    fn translated(text: &str, depth: usize) -> Result<Vec<Insn>, TranslateError> {
+        translate(&assemble(text).unwrap(), depth, &environment(&no_maps))
+    }
+
+    /// The translation after the prologue (which is the same for every program).
+    fn body(text: &str) -> String {
+        // "mov64 r0, 0; exit" becomes the prologue, that move, "mov64 r0, 0" and "exit".
+        let prologue = translated("mov64 r0, 0\nexit", 0).unwrap().len() - 3;
+        let insns = translated(text, 0).unwrap_or_else(|error| panic!("{error}"));
+        disassemble(&insns[prologue..])
+    }
+
+    #[test]
+    fn registers_become_pt_regs_fields() {
+        // rdi is DWARF 5 (pt_regs offset 112), rsp DWARF 7 (152), the PC slot is ip.
+        assert_eq!(
+            body("ldxdw r2, [r1+40]\nldxw r3, [r1+60]\nldxdw r4, [r1+128]\nmov64 r0, 0\nexit"),
+            disassemble(
+                &assemble(
+                    "ldxdw r2, [r1+112]\nldxw r3, [r1+156]\nldxdw r4, [r1+128]\n\
+                     mov64 r0, 0\nmov64 r0, 0\nexit"
+                )
+                .unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn moved_context_pointers_fold_into_the_loads() {
+        // r6 = ctx + 32 (slot 4, rsi); its load of +8 reads slot 5, rdi.
+        assert_eq!(
+            body("mov64 r6, r1\nadd64 r6, 32\nldxdw r0, [r6+8]\nexit"),
+            disassemble(&assemble("mov64 r6, r1\nldxdw r0, [r6+112]\nmov64 r0, 0\nexit").unwrap())
+        );
+        let error = translated(
+            "mov64 r6, r1\nadd64 r6, 8\nmov64 r0, 1\nadd64 r0, r6\nexit",
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(error.code, ErrorCode::UNSUPPORTED);
+        assert!(error.reason.contains("moved context pointer"), "{error}");
+    }
+
+    #[test]
+    fn the_probe_slot_is_a_constant_and_return_slots_are_refused() {
+        assert_eq!(
+            body("ldxdw r0, [r1+144]\nexit"),
+            disassemble(&assemble("lddw r0, 9\nmov64 r0, 0\nexit").unwrap())
+        );
+        // A sign-extending load from a register slot: a load and a sign extension.
+        assert_eq!(
+            body("ldxsw r2, [r1+0]\nmov64 r0, 0\nexit"),
+            disassemble(
+                &assemble("ldxw r2, [r1+80]\nmov64sx32 r2, r2\nmov64 r0, 0\nmov64 r0, 0\nexit")
+                    .unwrap()
+            )
+        );
+        for (offset, what) in [
+            (152, "return-address"),
+            (160, "entry stack"),
+            (200, "entry values"),
+        ] {
+            let error = translated(&format!("ldxdw r0, [r1+{offset}]\nexit"), 0).unwrap_err();
+            assert!(error.reason.contains(what), "{offset}: {error}");
+            assert_eq!(error.index, 0);
+        }
+    }
+
+    #[test]
+    fn dead_code_is_dropped_and_jumps_follow_the_new_layout() {
+        // The `ja` skips a dead `mov` that Linux would refuse as unreachable; the
+        // helper call in between grows the program, and the jump still lands.
+        let text = "
+            jeq r1, 0, skip
+            call time_ns
+        skip:
+            mov64 r0, 1
+            exit
+            mov64 r0, 2
+            exit
+        ";
+        let insns = translated(text, 0).unwrap();
+        let listing = disassemble(&insns);
+        assert!(!listing.contains("mov64 r0, 2"), "{listing}");
+        let jump = insns
+            .iter()
+            .position(|insn| insn.code == op::CLASS_JMP | op::JEQ | op::SRC_K && insn.dst() == 1)
+            .unwrap();
+        let target = (jump as i64 + 1 + i64::from(insns[jump].off)) as usize;
+        assert_eq!(insns[target], assemble("mov64 r0, 1").unwrap()[0]);
+        assert_eq!(insns[target + 1], assemble("mov64 r0, 0").unwrap()[0]);
+        assert_eq!(insns.last(), Some(&assemble("exit").unwrap()[0]));
+    }
+
+    #[test]
+    fn helpers_become_linux_helpers() {
+        // (The disassembler names calls by our helper numbers; these are Linux's.)
+        let calls = |text: &str| -> Vec<i32> {
+            translated(text, 8)
+                .unwrap()
+                .iter()
+                .filter(|insn| insn.code == op::CLASS_JMP | op::CALL)
+                .map(|insn| insn.imm)
+                .collect()
+        };
+        // The prologue's statistics lookup, then task_id, time_ns, cpu.
+        assert_eq!(
+            calls("call task_id\ncall time_ns\ncall cpu\nexit"),
+            [1, 14, 5, 8]
+        );
+        let listing = body("call task_id\nexit");
+        assert!(listing.contains("mov32 r0, r0"), "{listing}");
+        // A failed read is counted and becomes EFAULT.
+        let listing =
+            body("mov64 r1, r10\nadd64 r1, -8\nmov64 r2, 8\nmov64 r3, 0\ncall read_user\nexit");
+        assert!(listing.contains("call 112\njsge r0, 0"), "{listing}");
+        assert_eq!(
+            calls(
+                "mov64 r1, r10\nadd64 r1, -8\nmov64 r2, 8\nmov64 r3, 0\ncall read_kernel_str\nexit"
+            )[1],
+            115
+        );
+        assert!(listing.contains("mov64 r0, -14"), "{listing}");
+        for helper in ["stack_trace", "entry_save"] {
+            let error = translated(&format!("call {helper}\nmov64 r0, 0\nexit"), 0).unwrap_err();
+            assert!(error.reason.contains(helper), "{error}");
+        }
+    }
+
+    #[test]
+    fn map_numbers_become_map_descriptors() {
+        let text = "stdw [r10-8], 5\nmov64 r1, 3\nmov64 r2, r10\nadd64 r2, -8\nmov64 r3, 1\n\
+                    call aggregate\nmov64 r0, 0\nexit";
+        let insns = translate(&assemble(text).unwrap(), 8, &environment(&count_map)).unwrap();
+        let references: Vec<(u8, i32)> = insns
+            .iter()
+            .filter(|insn| insn.is_wide() && insn.src() != 0)
+            .map(|insn| (insn.src(), insn.imm))
+            .collect();
+        assert!(references.contains(&(PSEUDO_MAP_FD, 200)), "{references:?}");
+        assert!(
+            references.contains(&(PSEUDO_MAP_VALUE, 201)),
+            "{references:?}"
+        );
+        assert!(
+            references.contains(&(PSEUDO_MAP_FD, STATS)),
+            "{references:?}"
+        );
+        let error = translate(
+            &assemble(&text.replace("mov64 r1, 3", "mov64 r1, 4")).unwrap(),
+            8,
+            &environment(&count_map),
+        )
+        .unwrap_err();
+        assert_eq!(error.code, ErrorCode::UNKNOWN_MAP);
+    }
+
+    #[test]
+    fn the_prologue_zeroes_the_used_stack_and_deep_stacks_are_refused() {
+        let insns = translated("mov64 r0, 0\nexit", 20).unwrap();
+        let zeroed: Vec<i16> = insns
+            .iter()
+            .filter(|insn| insn.code == op::CLASS_ST | op::MODE_MEM | op::SIZE_DW)
+            .map(|insn| insn.off)
+            .collect();
+        assert_eq!(zeroed, [-8, -16, -24]);
+        let error = translated("mov64 r0, 0\nexit", MAX_PROGRAM_STACK + 8).unwrap_err();
+        assert_eq!(error.code, ErrorCode::NO_SPACE);
+    }
+
+    #[test]
+    fn extreme_encodings_keep_order_and_zero_means_empty() {
+        let values = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
+        for pair in values.windows(2) {
+            assert!(encode_max(pair[0]) < encode_max(pair[1]));
+            assert!(encode_min(pair[0]) > encode_min(pair[1]));
+        }
+        for value in values {
+            assert_eq!(decode_min(encode_min(value)), value);
+            assert_eq!(decode_max(encode_max(value)), value);
+        }
+        assert_eq!(decode_min(0), i64::MAX);
+        assert_eq!(decode_max(0), i64::MIN);
+    }
+}

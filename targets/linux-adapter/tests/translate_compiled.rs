@@ -38,12 +38,8 @@ fn scripts() -> Vec<(String, String)> {
 #[test]
 fn compiled_programs_translate_and_the_kernel_accepts_them() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "loading programs into the kernel needs root"
-    );
-    let cpus = linux_adapter::sys::possible_cpus().unwrap();
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "loading programs into the kernel needs root");
     let ring = RingBuffer::create(1 << 16).unwrap();
     let counters = BpfMap::create(
         map_type::PERCPU_ARRAY,
@@ -65,7 +61,7 @@ fn compiled_programs_translate_and_the_kernel_accepts_them() {
     let mut refused: BTreeMap<String, String> = BTreeMap::new();
     for (name, text) in scripts() {
         let mut sources = Sources::new();
-        sources.add_script(&format!("{name}.probe"), &text);
+        sources.add_script(format!("{name}.probe"), text);
         lang::tapset::add_builtin(&mut sources);
         let (script, diagnostics) =
             compile(&sources, &DemoKernel::new(), &CompileOptions::default());
@@ -133,7 +129,6 @@ fn compiled_programs_translate_and_the_kernel_accepts_them() {
             }
         }
     }
-    let _ = cpus;
     println!("{loaded} programs loaded; refused: {refused:#?}");
     assert!(loaded >= 20, "only {loaded} programs loaded");
     // What is refused, is refused for a reason this adapter documents.
