@@ -14,6 +14,10 @@
 
 use std::path::Path;
 
+use lang::resolver::{
+    Function, Marker, ResolveError, Resolver, SiteRefusal, StatementSite, TypeId, TypeInfo,
+    TypeKind, UserArg, UserSite, UserTarget, Variable,
+};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 /// What can go wrong finding a user-space site.
@@ -262,6 +266,92 @@ fn x86_64_register_slot(name: &str) -> Option<usize> {
         ["r15", "r15d", "r15w", "r15b"],
     ];
     FAMILIES.iter().position(|family| family.contains(&name))
+}
+
+/// The answer to [`lang::resolver::Resolver::user_site`] from the file itself.
+pub fn user_site(path: &str, target: &UserTarget) -> Result<UserSite, ResolveError> {
+    let file = Path::new(path);
+    let failed = |error: UprobeError| ResolveError {
+        message: error.to_string(),
+    };
+    match target {
+        UserTarget::Function(name) => Ok(UserSite {
+            file_offset: function_offset(file, name).map_err(failed)?,
+            ref_ctr_offset: 0,
+            args: Vec::new(),
+        }),
+        UserTarget::Mark { provider, name } => {
+            let marker = usdt_marker(file, provider, name).map_err(failed)?;
+            let arguments =
+                usdt_register_arguments(&marker.arguments).ok_or_else(|| ResolveError {
+                    message: format!(
+                        "marker {provider}:{name} has arguments other than registers ({}), \
+                         which cannot be read yet",
+                        marker.arguments
+                    ),
+                })?;
+            Ok(UserSite {
+                file_offset: marker.file_offset,
+                ref_ctr_offset: marker.semaphore_offset,
+                args: arguments
+                    .iter()
+                    .enumerate()
+                    .map(|(index, argument)| UserArg {
+                        name: format!("arg{}", index + 1),
+                        slot: argument.slot,
+                        size: argument.size,
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// A resolver for scripts that probe user space only: it knows no kernel (no
+/// functions, lines, markers or types) and answers user-space points from the
+/// files themselves. For the Linux adapter, where the kernel's debuginfo is not
+/// at hand.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserResolver;
+
+impl Resolver for UserResolver {
+    fn functions(&self, _pattern: &str) -> Vec<Function> {
+        Vec::new()
+    }
+
+    fn instruction(&self, _address: u64) -> Result<Vec<u8>, SiteRefusal> {
+        Err(SiteRefusal::NoCode)
+    }
+
+    fn statements(&self, _file: &str, _line: u32) -> Result<Vec<StatementSite>, ResolveError> {
+        Err(ResolveError {
+            message: "no kernel debuginfo: only user-space probe points".to_string(),
+        })
+    }
+
+    fn variables(
+        &self,
+        _function: &Function,
+        _address: u64,
+    ) -> Result<Vec<Variable>, ResolveError> {
+        Ok(Vec::new())
+    }
+
+    fn markers(&self, _pattern: &str) -> Vec<Marker> {
+        Vec::new()
+    }
+
+    fn find_type(&self, _kind: TypeKind, _name: &str) -> Option<TypeId> {
+        None
+    }
+
+    fn type_info(&self, _id: TypeId) -> Option<TypeInfo> {
+        None
+    }
+
+    fn user_site(&self, path: &str, target: &UserTarget) -> Result<UserSite, ResolveError> {
+        user_site(path, target)
+    }
 }
 
 #[cfg(test)]

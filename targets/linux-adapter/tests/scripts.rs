@@ -1,0 +1,150 @@
+//! Probe scripts through the daemon: `process(...)` points compiled by the real
+//! compiler (with the client's user-space resolver, which reads the traced file's
+//! symbols and USDT notes), armed through the port, and their output printed with
+//! the client's formatting. Needs root; never skips.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lang::compiled::CompiledScript;
+use lang::format::{format_map, format_record, split_map_page};
+use lang::source::Sources;
+use lang::{CompileOptions, compile};
+use probe_port_protocol::message::{ReplyBody, RequestBody};
+use userland_client::port::Unsolicited;
+use userland_client::uprobe::UserResolver;
+
+fn compile_script(text: &str) -> CompiledScript {
+    let mut sources = Sources::new();
+    sources.add_script("linux.probe", text);
+    lang::tapset::add_builtin(&mut sources);
+    let (script, diagnostics) = compile(&sources, &UserResolver, &CompileOptions::default());
+    script.unwrap_or_else(|| panic!("does not compile: {diagnostics:#?}"))
+}
+
+/// Runs `script` around `run`: defines its maps, arms every attachment, starts,
+/// runs, stops; returns the printed events (sorted) and the printed maps.
+fn trace(script: &CompiledScript, run: impl FnOnce()) -> (Vec<String>, String) {
+    let daemon = Daemon::start(&[]);
+    let mut port = daemon.client();
+    let cpus = linux_adapter::sys::possible_cpus().unwrap();
+    for info in &script.maps {
+        define(&mut port, info.spec);
+    }
+    for attachment in script.attachments() {
+        let program = attachment.program_bytes();
+        let entry = attachment.entry_program_bytes();
+        let reply = arm(&mut port, attachment.site.to_wire(&entry), &program);
+        assert!(
+            matches!(reply.ok(), Ok(ReplyBody::Armed { .. })),
+            "{}: {:?}",
+            attachment.description,
+            reply.get()
+        );
+    }
+    port.request(RequestBody::Start).unwrap().ok().unwrap();
+    run();
+    port.request(RequestBody::Stop).unwrap().ok().unwrap();
+    port.poll(Duration::from_millis(100)).unwrap();
+    let no_symbols = |_: u64| None;
+    let mut lines = Vec::new();
+    for message in port.take_unsolicited() {
+        match message {
+            Unsolicited::Event(event) => {
+                let record = script.record_of(&event.data).expect("a known record");
+                lines.push(format_record(record, &event.data, &no_symbols));
+            }
+            Unsolicited::Lost(report) => panic!("lost events: {report:?}"),
+        }
+    }
+    lines.sort();
+    let mut maps = String::new();
+    for info in &script.maps {
+        let mut entries = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let reply = port
+                .request(RequestBody::ReadMap {
+                    map: info.spec.map,
+                    cursor,
+                })
+                .unwrap();
+            let Ok(ReplyBody::MapPage(page)) = reply.ok() else {
+                panic!("{:?}", reply.get());
+            };
+            entries.extend(split_map_page(info, page.entries, cpus));
+            match page.next_cursor {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        maps.push_str(&format!("{}:\n", info.name));
+        maps.push_str(&format_map(info, &entries, &no_symbols));
+    }
+    port.request(RequestBody::Goodbye).unwrap().ok().unwrap();
+    (lines, maps)
+}
+
+#[test]
+fn function_entry_and_return_probes_from_a_script() {
+    let path = traced().display().to_string();
+    let script = compile_script(&format!(
+        r#"
+        probe process("{path}").function("probeport_work") {{
+            @calls[reg("rsi")] = count();
+            @index = stats(reg("rdi"));
+            @first = min(reg("rdi"));
+            @last = max(reg("rdi"));
+            printf("work(%d, %d)\n", reg("rdi"), reg("rsi"));
+        }}
+        probe process("{path}").function("probeport_work").return {{
+            @returned = sum($return);
+            @low[$return < 50] = count();
+        }}
+        "#
+    ));
+    let (lines, maps) = trace(&script, || {
+        assert!(run_traced(10).starts_with("total=325 "));
+    });
+    let expected: Vec<String> = {
+        let mut lines: Vec<String> = (0..10).map(|index| format!("work({index}, 7)\n")).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(lines, expected);
+    // The return values index * 7 + 1 for index 0..10: 1, 8, ..., 43 below 50.
+    assert_eq!(
+        maps,
+        "@calls:\n@calls[7]: 10\n\n\
+         @index:\n@index: count 10, average 4, total 45\n\n\
+         @first:\n@first: 0\n\n\
+         @last:\n@last: 9\n\n\
+         @returned:\n@returned: 325\n\n\
+         @low:\n@low[false]: 3\n@low[true]: 7\n\n",
+        "{maps}"
+    );
+}
+
+#[test]
+fn a_usdt_marker_from_a_script() {
+    let path = traced().display().to_string();
+    let script = compile_script(&format!(
+        r#"
+        probe process("{path}").mark("probeport:tick") {{
+            @parity[$arg1 % 2] = count();
+            printf("tick %d %d\n", $arg1, $arg2);
+        }}
+        "#
+    ));
+    let (lines, maps) = trace(&script, || {
+        assert!(run_traced(4).ends_with("marks=4"));
+    });
+    // Running totals of index * 7 + 1: 1, 9, 24, 46.
+    assert_eq!(
+        lines,
+        ["tick 0 1\n", "tick 1 9\n", "tick 2 24\n", "tick 3 46\n"]
+    );
+    assert_eq!(maps, "@parity:\n@parity[0]: 2\n@parity[1]: 2\n\n", "{maps}");
+}
