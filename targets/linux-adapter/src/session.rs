@@ -174,8 +174,7 @@ pub struct Session {
     shared: Option<Shared>,
     maps: BTreeMap<u16, SessionMap>,
     probes: BTreeMap<u32, Probe>,
-    expected_seq: Vec<u64>,
-    lost_reported: Vec<u64>,
+    ledgers: Vec<Ledger>,
     ended: bool,
 }
 
@@ -247,8 +246,7 @@ impl Session {
             shared: None,
             maps: BTreeMap::new(),
             probes: BTreeMap::new(),
-            expected_seq: vec![0; cpus],
-            lost_reported: vec![0; cpus],
+            ledgers: vec![Ledger::default(); cpus],
             ended: false,
         })
     }
@@ -307,7 +305,14 @@ impl Session {
                     let _ = probe.event.set_enabled(false);
                 }
                 self.started = false;
-                self.drain(send);
+                // Handlers already running finish within microseconds; give their
+                // records a moment to land so the reply follows every event.
+                for _ in 0..100 {
+                    if self.drain(send) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 Outcome::Body(ReplyBody::Done)
             }
             RequestBody::ReadMap { map, cursor } => self.read_map(*map, *cursor),
@@ -714,13 +719,16 @@ impl Session {
         }
     }
 
-    /// Sends every record in the ring as an `Event` and every missing sequence
-    /// number as `Lost`; returns how many messages were sent.
-    pub fn drain(&mut self, send: &mut dyn FnMut(&StubMessage<'_>)) -> usize {
+    /// Sends every record in the ring as an `Event`, and the sequence numbers no
+    /// record will ever carry as `Lost`; returns whether every number below each
+    /// CPU's counter is accounted for (false while a record is still being
+    /// written, see [`Ledger`]).
+    pub fn drain(&mut self, send: &mut dyn FnMut(&StubMessage<'_>)) -> bool {
         let Some(shared) = &mut self.shared else {
-            return 0;
+            return true;
         };
-        // Read first: every number below `next` was reserved or counted lost.
+        // Read first: every number below `next` was taken by an attempt that
+        // either reserved a record (in the ring, or about to be) or counted a loss.
         let counters = {
             let map = &shared.counters;
             let mut bytes = vec![0u8; map.lookup_size(self.cpus)];
@@ -731,9 +739,7 @@ impl Session {
             let at = cpu * counter::WORDS * 8 + index * 8;
             u64::from_ne_bytes(counters[at..at + 8].try_into().unwrap_or([0; 8]))
         };
-        let mut sent = 0;
-        let expected_seq = &mut self.expected_seq;
-        let lost_reported = &mut self.lost_reported;
+        let ledgers = &mut self.ledgers;
         let cpus = self.cpus;
         shared.ring.drain(|record| {
             if record.len() < RECORD_HEADER {
@@ -748,16 +754,7 @@ impl Session {
             if cpu >= cpus {
                 return;
             }
-            let expected = &mut expected_seq[cpu];
-            if seq > *expected {
-                send(&StubMessage::Lost(LostEvents {
-                    cpu: cpu as u16,
-                    first_seq: *expected,
-                    count: seq - *expected,
-                }));
-                lost_reported[cpu] += seq - *expected;
-                sent += 1;
-            }
+            ledgers[cpu].delivered(seq);
             send(&StubMessage::Event(Event {
                 cpu: cpu as u16,
                 seq,
@@ -765,28 +762,17 @@ impl Session {
                 time_ns,
                 data: &record[RECORD_HEADER..],
             }));
-            sent += 1;
-            *expected = (*expected).max(seq + 1);
         });
-        for cpu in 0..cpus {
-            let next = word(cpu, counter::NEXT_SEQ);
-            let lost = word(cpu, counter::LOST);
-            // Numbers at the end that are neither delivered nor in flight: only
-            // as many as the CPU counted lost (a record may still be being written).
-            let unreported = lost.saturating_sub(lost_reported[cpu]);
-            let missing = next.saturating_sub(expected_seq[cpu]).min(unreported);
-            if missing > 0 {
-                send(&StubMessage::Lost(LostEvents {
-                    cpu: cpu as u16,
-                    first_seq: expected_seq[cpu],
-                    count: missing,
-                }));
-                expected_seq[cpu] += missing;
-                lost_reported[cpu] += missing;
-                sent += 1;
-            }
+        let mut settled = true;
+        for (cpu, ledger) in ledgers.iter_mut().enumerate() {
+            settled &= ledger.settle(
+                cpu as u16,
+                word(cpu, counter::NEXT_SEQ),
+                word(cpu, counter::LOST),
+                send,
+            );
         }
-        sent
+        settled
     }
 
     /// Ends the session: every probe, program and map is closed.
@@ -799,6 +785,85 @@ impl Session {
         self.shared = None;
         self.open = false;
         self.started = false;
+    }
+}
+
+/// One CPU's account of its event sequence numbers.
+///
+/// A program takes its number before it reserves room in the ring, so a record
+/// may land after a later number's (the program was preempted in between), and a
+/// number missing from the ring is either lost or still being written. The CPU's
+/// lost counter says how many are lost, not which: missing numbers are reported
+/// lost only when the counter covers all of them, so every number is reported
+/// exactly once, as an event or as lost.
+#[derive(Clone, Debug, Default)]
+struct Ledger {
+    /// Every number below this was delivered or is in `missing`.
+    expected: u64,
+    /// Numbers below `expected` not delivered yet, as disjoint ascending ranges.
+    missing: Vec<std::ops::Range<u64>>,
+    /// Numbers already reported lost.
+    lost_reported: u64,
+}
+
+impl Ledger {
+    fn delivered(&mut self, seq: u64) {
+        if seq >= self.expected {
+            if seq > self.expected {
+                self.missing.push(self.expected..seq);
+            }
+            self.expected = seq + 1;
+            return;
+        }
+        // A late record: take its number out of the missing ranges.
+        if let Some(index) = self.missing.iter().position(|range| range.contains(&seq)) {
+            let range = self.missing.remove(index);
+            let mut rest = Vec::new();
+            if range.start < seq {
+                rest.push(range.start..seq);
+            }
+            if seq + 1 < range.end {
+                rest.push(seq + 1..range.end);
+            }
+            self.missing.splice(index..index, rest);
+        }
+    }
+
+    /// Reports the missing numbers below `next` as lost if `lost` (the CPU's
+    /// counter) covers them all; returns whether nothing is left unaccounted.
+    fn settle(
+        &mut self,
+        cpu: u16,
+        next: u64,
+        lost: u64,
+        send: &mut dyn FnMut(&StubMessage<'_>),
+    ) -> bool {
+        let trailing = next.saturating_sub(self.expected);
+        let missing: u64 = self
+            .missing
+            .iter()
+            .map(|range| range.end - range.start)
+            .sum::<u64>()
+            + trailing;
+        if missing == 0 {
+            return true;
+        }
+        if lost.saturating_sub(self.lost_reported) < missing {
+            return false; // Some record is still being written.
+        }
+        if trailing > 0 {
+            self.missing.push(self.expected..next);
+            self.expected = next;
+        }
+        for range in self.missing.drain(..) {
+            send(&StubMessage::Lost(LostEvents {
+                cpu,
+                first_seq: range.start,
+                count: range.end - range.start,
+            }));
+        }
+        self.lost_reported += missing;
+        true
     }
 }
 
@@ -819,4 +884,50 @@ fn decode_aggregate(kind: AggregateKind, stored: &[u8]) -> Vec<u8> {
         _ => {}
     }
     words.iter().flat_map(|word| word.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settle(ledger: &mut Ledger, next: u64, lost: u64) -> (bool, Vec<(u64, u64)>) {
+        let mut reports = Vec::new();
+        let settled = ledger.settle(0, next, lost, &mut |message| {
+            if let StubMessage::Lost(lost) = message {
+                reports.push((lost.first_seq, lost.count));
+            }
+        });
+        (settled, reports)
+    }
+
+    #[test]
+    fn gaps_are_lost_only_when_the_counter_covers_them() {
+        let mut ledger = Ledger::default();
+        for seq in [0, 1, 3, 4] {
+            ledger.delivered(seq);
+        }
+        // Number 2 is missing but nothing was counted lost: it is in flight.
+        assert_eq!(settle(&mut ledger, 5, 0), (false, vec![]));
+        ledger.delivered(2);
+        assert_eq!(settle(&mut ledger, 5, 0), (true, vec![]));
+        // Numbers 5..8 taken, 6 delivered, two counted lost: 5 and 7 are the lost ones.
+        ledger.delivered(6);
+        assert_eq!(settle(&mut ledger, 8, 1), (false, vec![]));
+        assert_eq!(settle(&mut ledger, 8, 2), (true, vec![(5, 1), (7, 1)]));
+        // Nothing is reported twice.
+        assert_eq!(settle(&mut ledger, 8, 2), (true, vec![]));
+        assert_eq!(settle(&mut ledger, 10, 4), (true, vec![(8, 2)]));
+    }
+
+    #[test]
+    fn late_records_split_missing_ranges() {
+        let mut ledger = Ledger::default();
+        ledger.delivered(10);
+        ledger.delivered(4);
+        assert_eq!(ledger.missing, vec![0..4, 5..10]);
+        ledger.delivered(0);
+        ledger.delivered(9);
+        assert_eq!(ledger.missing, vec![1..4, 5..9]);
+        assert_eq!(settle(&mut ledger, 11, 7), (true, vec![(1, 3), (5, 4)]));
+    }
 }
