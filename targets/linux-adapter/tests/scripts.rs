@@ -148,3 +148,73 @@ fn a_usdt_marker_from_a_script() {
     );
     assert_eq!(maps, "@parity:\n@parity[0]: 2\n@parity[1]: 2\n\n", "{maps}");
 }
+
+/// The client's own session (`probeport run --port unix:SOCKET`, no `--kernel`):
+/// compile, arm, trace for a while, stop, print the `end` output and the summary.
+#[test]
+fn the_client_session_runs_a_user_space_script() {
+    use std::sync::atomic::AtomicBool;
+    use userland_client::session::{Output, OutputFormat, SessionOptions, run_user_space};
+
+    let daemon = Daemon::start(&[]);
+    let path = traced().display().to_string();
+    let mut sources = Sources::new();
+    sources.add_script(
+        "linux.probe",
+        format!(
+            r#"probe process("{path}").function("probeport_work") {{ @calls[reg("rdi") % 3] = count(); }}"#
+        ),
+    );
+    lang::tapset::add_builtin(&mut sources);
+    let stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let mut port = userland_client::port::Port::new(stream);
+    let options = SessionOptions {
+        duration: Some(Duration::from_secs(3)),
+        ..SessionOptions::default()
+    };
+    // The traced program runs once the probe is armed and started.
+    let runner = {
+        let traced = traced();
+        let pid = daemon.pid();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|target| target.display().to_string().contains("perf_event"))
+                })
+            {
+                assert!(std::time::Instant::now() < deadline, "never armed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let output = std::process::Command::new(&traced)
+                .arg("9")
+                .output()
+                .unwrap();
+            assert!(output.status.success());
+        })
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut output = Output {
+        out: &mut out,
+        err: &mut err,
+        format: OutputFormat::Text,
+    };
+    let summary = run_user_space(
+        &mut port,
+        &sources,
+        &options,
+        &mut output,
+        &AtomicBool::new(false),
+    )
+    .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&err)));
+    runner.join().unwrap();
+    assert!(summary.is_consistent());
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "@calls[0]: 3\n@calls[1]: 3\n@calls[2]: 3\n\n"
+    );
+}
