@@ -1504,6 +1504,22 @@ impl Lowerer<'_, '_> {
     }
 
     fn entry(&mut self, inner: &Expr, span: Span, depth: usize) -> R<Val> {
+        if let SiteKind::User {
+            is_return: true, ..
+        } = self.site.kind
+        {
+            return self.fail(
+                Diagnostic::error(
+                    diagnostic::ENTRY_OUTSIDE_RETURN,
+                    span,
+                    "`@entry(...)` is not supported in user-space `.return` probes yet",
+                )
+                .label("user-space sites have no entry program")
+                .help(
+                    "probe the function's entry as well and keep the value in a map keyed by tid",
+                ),
+            );
+        }
         if !matches!(self.site.kind, SiteKind::Return { .. }) || self.in_entry {
             let nested = self.in_entry;
             return self.fail(
