@@ -625,7 +625,12 @@ impl Session {
             hits: total(stat::HITS),
             misses: 0,
             faults: total(stat::FAULTS),
-            last_fault_address: 0,
+            // Each CPU keeps its own last one; any CPU's is "the last" of some CPU.
+            last_fault_address: per_cpu
+                .iter()
+                .map(|words| words[stat::LAST_FAULT])
+                .find(|address| *address != 0)
+                .unwrap_or(0),
             drops: total(stat::DROPS),
         }))
     }

@@ -151,8 +151,10 @@ pub mod stat {
     pub const FAULTS: usize = 1;
     /// Records or map updates that found no room.
     pub const DROPS: usize = 2;
+    /// The address of the CPU's last failed read (0 if none).
+    pub const LAST_FAULT: usize = 3;
     /// Words per value.
-    pub const WORDS: usize = 3;
+    pub const WORDS: usize = 4;
 }
 
 /// The stored form of a signed minimum: order-reversing, so that the per-CPU
@@ -776,21 +778,16 @@ impl Translator<'_, '_> {
             .and_then(Helper::from_id)
             .ok_or_else(|| refuse(index, format!("unknown helper {id}")))?;
         match helper {
-            Helper::ReadKernel | Helper::ReadUser => {
-                self.out.call(if helper == Helper::ReadKernel {
-                    linux_helper::PROBE_READ_KERNEL
-                } else {
-                    linux_helper::PROBE_READ_USER
+            Helper::ReadKernel | Helper::ReadUser | Helper::ReadKernelStr | Helper::ReadUserStr => {
+                // The source address, kept for the fault statistics.
+                self.out.store_reg(op::SIZE_DW, FP, SPILL_B, R3);
+                self.out.call(match helper {
+                    Helper::ReadKernel => linux_helper::PROBE_READ_KERNEL,
+                    Helper::ReadUser => linux_helper::PROBE_READ_USER,
+                    Helper::ReadKernelStr => linux_helper::PROBE_READ_KERNEL_STR,
+                    _ => linux_helper::PROBE_READ_USER_STR,
                 });
-                self.count_failure(stat::FAULTS, helper_error::EFAULT);
-            }
-            Helper::ReadKernelStr | Helper::ReadUserStr => {
-                self.out.call(if helper == Helper::ReadKernelStr {
-                    linux_helper::PROBE_READ_KERNEL_STR
-                } else {
-                    linux_helper::PROBE_READ_USER_STR
-                });
-                self.count_failure(stat::FAULTS, helper_error::EFAULT);
+                self.count_fault();
             }
             Helper::Cpu => self.out.call(linux_helper::GET_SMP_PROCESSOR_ID),
             Helper::TaskId => {
@@ -852,6 +849,27 @@ impl Translator<'_, '_> {
             _ => return Err(refuse(index, format!("helper {helper} is not supported"))),
         }
         Ok(())
+    }
+
+    /// After a read: a negative r0 counts a fault at the address spilled at
+    /// `SPILL_B` and becomes `EFAULT` (Linux has zeroed the buffer).
+    fn count_fault(&mut self) {
+        let (done, no_entry) = (self.out.label(), self.out.label());
+        let out = &mut self.out;
+        out.jump(op::CLASS_JMP | op::JSGE | op::SRC_K, R0, 0, 0, done);
+        out.store_imm(op::SIZE_W, FP, KEY, self.environment.probe as i32);
+        out.map_fd(R1, self.environment.stats_fd);
+        out.mov_reg(R2, FP);
+        out.alu_imm(op::ADD, R2, i32::from(KEY));
+        out.call(linux_helper::MAP_LOOKUP_ELEM);
+        out.jump(op::CLASS_JMP | op::JEQ | op::SRC_K, R0, 0, 0, no_entry);
+        out.mov_imm(R1, 1);
+        out.atomic_add(R0, (stat::FAULTS * 8) as i16, R1);
+        out.load(op::SIZE_DW, R1, FP, SPILL_B);
+        out.store_reg(op::SIZE_DW, R0, (stat::LAST_FAULT * 8) as i16, R1);
+        out.bind(no_entry);
+        out.mov_imm(R0, helper_error::EFAULT as i32);
+        out.bind(done);
     }
 
     /// After a call: a negative r0 counts `word` and becomes `error`.

@@ -363,3 +363,53 @@ fn a_return_probe_sees_the_return_value() {
         (0..20u64).map(|index| index * 7 + 1).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_bad_user_pointer_is_a_counted_fault_with_a_zeroed_buffer() {
+    let daemon = Daemon::start(&[]);
+    let mut port = daemon.client();
+    let (path, offset) = function_site("probeport_work", false);
+    // Reads 8 bytes at user address 0x10 (never mapped), then emits the result
+    // and the buffer, which the read must have zeroed.
+    let handler = "
+        stdw [r10-8], -1
+        mov64 r1, r10
+        add64 r1, -8
+        mov64 r2, 8
+        mov64 r3, 0x10
+        call read_user
+        stxdw [r10-16], r0
+        mov64 r1, r10
+        add64 r1, -16
+        mov64 r2, 16
+        call emit
+        mov64 r0, 0
+        exit
+    ";
+    let reply = arm(
+        &mut port,
+        Site::User {
+            path: &path,
+            file_offset: offset,
+            is_return: false,
+            ref_ctr_offset: 0,
+        },
+        &program(handler),
+    );
+    let Ok(ReplyBody::Armed { probe }) = reply.ok() else {
+        panic!("{:?}", reply.get());
+    };
+    port.request(RequestBody::Start).unwrap().ok().unwrap();
+    run_traced(3);
+    port.request(RequestBody::Stop).unwrap().ok().unwrap();
+    let records = events(&mut port);
+    assert_eq!(records, vec![vec![(-14i64) as u64, 0]; 3]);
+    let reply = port.request(RequestBody::ProbeStats { probe }).unwrap();
+    let Ok(ReplyBody::ProbeStats(stats)) = reply.ok() else {
+        panic!("{:?}", reply.get());
+    };
+    assert_eq!(
+        (stats.hits, stats.faults, stats.last_fault_address),
+        (3, 3, 0x10)
+    );
+}
