@@ -302,6 +302,20 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         Some(kernel) => image_markers(kernel)?,
         None => None,
     };
+    if kernel.is_none() {
+        let checked = script::check_user_space(&sources, &CompileOptions::default());
+        if checked.failed {
+            eprint!("{}", checked.rendered);
+            return Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!(
+                    "the script has errors (without --kernel, only user-space process(...) \
+                     points can be resolved)"
+                ),
+                quiet: false,
+            });
+        }
+    }
     if let (Some(markers), Some(kernel)) = (&image_markers, &kernel) {
         let checked = script::check(
             kernel,
