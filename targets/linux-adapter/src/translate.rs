@@ -406,17 +406,19 @@ impl Emitter {
         self.push(Insn::new(op::CLASS_JMP | op::CALL, 0, 0, 0, helper));
     }
 
-    fn finish(mut self) -> Vec<Insn> {
+    /// The instructions with every jump resolved; `Err` with the instruction index
+    /// of a jump whose distance does not fit its 16-bit offset.
+    fn finish(mut self) -> Result<Vec<Insn>, usize> {
         for (index, label, in_imm) in self.fixups {
             let target = self.labels[label.0].expect("every label is bound");
             let distance = target as i64 - (index as i64 + 1);
             if in_imm {
-                self.insns[index].imm = distance as i32;
+                self.insns[index].imm = i32::try_from(distance).map_err(|_| index)?;
             } else {
-                self.insns[index].off = distance as i16;
+                self.insns[index].off = i16::try_from(distance).map_err(|_| index)?;
             }
         }
-        self.insns
+        Ok(self.insns)
     }
 }
 
@@ -476,7 +478,11 @@ pub fn translate(
         states: vec![None; program.len() + 1],
     };
     translator.run(stack_depth)?;
-    Ok(translator.out.finish())
+    translator.out.finish().map_err(|_| TranslateError {
+        code: ErrorCode::NO_SPACE,
+        index: 0,
+        reason: "the translated program is too long for a 16-bit jump".to_string(),
+    })
 }
 
 struct Translator<'p, 'e> {
@@ -1365,6 +1371,21 @@ mod tests {
         assert_eq!(zeroed, [-8, -16, -24]);
         let error = translated("mov64 r0, 0\nexit", MAX_PROGRAM_STACK + 8).unwrap_err();
         assert_eq!(error.code, ErrorCode::NO_SPACE);
+    }
+
+    #[test]
+    fn jumps_too_far_for_16_bits_are_refused() {
+        // Each `task_name(dst, 512)` grows to well over a thousand instructions.
+        let mut text = String::from("jeq r1, 0, end\n");
+        for _ in 0..80 {
+            text.push_str("mov64 r1, r10\nadd64 r1, -400\nmov64 r2, 400\ncall task_name\n");
+        }
+        text.push_str("end:\nmov64 r0, 0\nexit\n");
+        let Err(error) = translated(&text, 400) else {
+            panic!("translated although the jump spans more than 32767 slots");
+        };
+        assert_eq!(error.code, ErrorCode::NO_SPACE);
+        assert!(error.reason.contains("16-bit jump"), "{error}");
     }
 
     #[test]
