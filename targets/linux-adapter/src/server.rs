@@ -6,7 +6,8 @@
 //! Each connection's peer credentials (`SO_PEERCRED`) are checked as well: uid 0,
 //! or `CAP_PERFMON` or `CAP_SYS_ADMIN` in the peer's effective set
 //! (`/proc/PID/status`, `CapEff`). An unprivileged peer gets `NOT_PRIVILEGED` to
-//! its first request and is disconnected. A privileged client is served until it
+//! its first request and is disconnected; so is a client that comes while another
+//! client's session is open (`BAD_STATE`). A privileged client is served until it
 //! says goodbye, closes the stream, or lets the lease expire; then its session is
 //! dropped, which closes every kernel object it created.
 
@@ -15,12 +16,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::frame::{DefaultFrameDecoder, encode_message_vec};
 use probe_port_protocol::message::{
-    ErrorReply, StubMessage, UNATTRIBUTED_SEQ, classify_undecodable, decode_request,
+    ErrorDetail, ErrorReply, StubMessage, UNATTRIBUTED_SEQ, classify_undecodable, decode_request,
 };
 
 use crate::session::Session;
@@ -114,8 +117,11 @@ fn send(stream: &mut UnixStream, message: &StubMessage<'_>) -> io::Result<()> {
     stream.write_all(&frame)
 }
 
-/// Serves connections one after the other, forever.
+/// Serves connections forever, one session at a time: a client that connects
+/// while another's session is open gets `BAD_STATE` ("another session is open")
+/// to its first request and is disconnected.
 pub fn serve(listener: &UnixListener, pmu: UprobePmu, config: &Config) -> io::Result<()> {
+    let busy = Arc::new(AtomicBool::new(false));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -124,11 +130,49 @@ pub fn serve(listener: &UnixListener, pmu: UprobePmu, config: &Config) -> io::Re
                 continue;
             }
         };
-        if let Err(cause) = serve_one(stream, pmu, config) {
-            eprintln!("probeport-linuxd: session ended: {cause}");
+        if busy.swap(true, Ordering::AcqRel) {
+            std::thread::spawn(move || refuse_busy(stream));
+            continue;
         }
+        let (busy, config) = (Arc::clone(&busy), config.clone());
+        std::thread::spawn(move || {
+            if let Err(cause) = serve_one(stream, pmu, &config) {
+                eprintln!("probeport-linuxd: session ended: {cause}");
+            }
+            busy.store(false, Ordering::Release);
+        });
     }
     Ok(())
+}
+
+/// Answers the first request of a client that came while a session is open.
+fn refuse_busy(mut stream: UnixStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut decoder = Box::new(DefaultFrameDecoder::new());
+    let mut buffer = [0u8; 4096];
+    while let Ok(read) = stream.read(&mut buffer) {
+        if read == 0 {
+            return;
+        }
+        let mut input = &buffer[..read];
+        if let Some(frame) = decoder.feed(&mut input) {
+            let seq = frame
+                .ok()
+                .and_then(|payload| decode_request(payload).ok())
+                .map_or(UNATTRIBUTED_SEQ, |request| request.seq);
+            let _ = send(
+                &mut stream,
+                &StubMessage::Reply {
+                    seq,
+                    reply: Err(ErrorReply::with(
+                        ErrorCode::BAD_STATE,
+                        ErrorDetail::Text("another session is open"),
+                    )),
+                },
+            );
+            return;
+        }
+    }
 }
 
 /// Serves one connection to its end. Every kernel object of the session is

@@ -342,3 +342,33 @@ fn a_full_ring_loses_events_and_counts_each_one() {
     };
     assert_eq!((stats.hits, stats.drops), (CALLS, lost));
 }
+
+#[test]
+fn a_second_client_is_refused_while_a_session_is_open() {
+    let daemon = Daemon::start(&[]);
+    let mut first = daemon.client();
+    let mut second = Port::new(UnixStream::connect(&daemon.socket).unwrap());
+    second.set_timeout(Duration::from_secs(10));
+    let reply = second.hello("second").unwrap();
+    let error = reply.get().unwrap_err();
+    assert_eq!(error.code, ErrorCode::BAD_STATE);
+    assert_eq!(error.detail, ErrorDetail::Text("another session is open"));
+    // The first session is untouched and, once it ends, the port is free again
+    // (the daemon frees it just after the goodbye's reply, so allow it a moment).
+    first.request(RequestBody::KeepAlive).unwrap().ok().unwrap();
+    first.request(RequestBody::Goodbye).unwrap().ok().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = Port::new(UnixStream::connect(&daemon.socket).unwrap());
+        next.set_timeout(Duration::from_secs(10));
+        let reply = next.hello("third").unwrap();
+        match reply.get() {
+            Ok(_) => break,
+            Err(error) if error.code == ErrorCode::BAD_STATE => {
+                assert!(Instant::now() < deadline, "the port stays busy");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+}
