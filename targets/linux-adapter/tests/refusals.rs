@@ -17,7 +17,7 @@ use probe_port_protocol::verifier::Rule;
 use userland_client::port::{Port, Unsolicited};
 
 fn work_site(path: &str) -> Site<'_> {
-    let (_, offset) = function_site("probeport_work", false);
+    let (_, offset) = function_site("probeport_work");
     Site::User {
         path,
         file_offset: offset,

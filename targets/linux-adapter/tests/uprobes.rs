@@ -62,11 +62,7 @@ fn kinds() -> [AggregateKind; 8] {
 fn function_arguments_and_every_aggregation_are_exact() {
     let daemon = Daemon::start(&[]);
     let mut port = daemon.client();
-    let cpus = {
-        let reply = port.request(RequestBody::CpuStats { cpu: 0 }).unwrap();
-        assert!(reply.ok().is_ok());
-        userland_client_cpus()
-    };
+    let cpus = linux_adapter::sys::possible_cpus().unwrap();
     let specs: Vec<_> = kinds()
         .iter()
         .enumerate()
@@ -75,7 +71,7 @@ fn function_arguments_and_every_aggregation_are_exact() {
     for spec in &specs {
         define(&mut port, *spec);
     }
-    let (path, offset) = function_site("probeport_work", false);
+    let (path, offset) = function_site("probeport_work");
     let reply = arm(
         &mut port,
         Site::User {
@@ -133,10 +129,6 @@ fn function_arguments_and_every_aggregation_are_exact() {
     };
     assert_eq!((stats.hits, stats.faults, stats.drops), (CALLS, 0, 0));
     port.request(RequestBody::Goodbye).unwrap().ok().unwrap();
-}
-
-fn userland_client_cpus() -> usize {
-    linux_adapter::sys::possible_cpus().unwrap()
 }
 
 /// Merges per-CPU values as the client does.
@@ -322,7 +314,7 @@ fn a_usdt_marker_with_a_semaphore_fires_with_its_arguments() {
 fn a_return_probe_sees_the_return_value() {
     let daemon = Daemon::start(&[]);
     let mut port = daemon.client();
-    let (path, offset) = function_site("probeport_work", true);
+    let (path, offset) = function_site("probeport_work");
     // rax (slot 0) is the return value; the PC slot is where the function returned to.
     let handler = "
         mov64 r9, r1
@@ -368,7 +360,7 @@ fn a_return_probe_sees_the_return_value() {
 fn a_bad_user_pointer_is_a_counted_fault_with_a_zeroed_buffer() {
     let daemon = Daemon::start(&[]);
     let mut port = daemon.client();
-    let (path, offset) = function_site("probeport_work", false);
+    let (path, offset) = function_site("probeport_work");
     // Reads 8 bytes at user address 0x10 (never mapped), then emits the result
     // and the buffer, which the read must have zeroed.
     let handler = "

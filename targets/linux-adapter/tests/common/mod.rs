@@ -182,10 +182,10 @@ pub fn define(port: &mut Port<UnixStream>, spec: MapSpec) {
     reply.ok().expect("map defined");
 }
 
-pub fn function_site(name: &str, is_return: bool) -> (String, u64) {
+/// The path of this test's traced program and the file offset of its function `name`.
+pub fn function_site(name: &str) -> (String, u64) {
     let path = traced().display().to_string();
     let offset = userland_client::uprobe::function_offset(&traced(), name).expect("symbol");
-    let _ = is_return;
     (path, offset)
 }
 
