@@ -757,6 +757,7 @@ fn user_space_sites_are_unsupported_and_not_announced() {
                 file_offset: 0x1000,
                 is_return: false,
                 ref_ctr_offset: 0,
+                entry_program: &[],
             },
             &noop(),
         )

@@ -142,6 +142,7 @@ impl SiteSpec {
                 file_offset: *file_offset,
                 is_return: *is_return,
                 ref_ctr_offset: *ref_ctr_offset,
+                entry_program,
             },
         }
     }

@@ -141,7 +141,15 @@ pub(crate) fn lower_site(
     let errors_before = cx.error_count();
     let mut main = Builder::new();
     let exit = main.label();
-    let entry = matches!(site.kind, SiteKind::Return { .. }).then(Builder::new);
+    let entry = matches!(
+        site.kind,
+        SiteKind::Return { .. }
+            | SiteKind::User {
+                is_return: true,
+                ..
+            }
+    )
+    .then(Builder::new);
     let mut lowerer = Lowerer {
         cx,
         site,
@@ -1504,23 +1512,15 @@ impl Lowerer<'_, '_> {
     }
 
     fn entry(&mut self, inner: &Expr, span: Span, depth: usize) -> R<Val> {
-        if let SiteKind::User {
-            is_return: true, ..
-        } = self.site.kind
-        {
-            return self.fail(
-                Diagnostic::error(
-                    diagnostic::ENTRY_OUTSIDE_RETURN,
-                    span,
-                    "`@entry(...)` is not supported in user-space `.return` probes yet",
-                )
-                .label("user-space sites have no entry program")
-                .help(
-                    "probe the function's entry as well and keep the value in a map keyed by tid",
-                ),
-            );
-        }
-        if !matches!(self.site.kind, SiteKind::Return { .. }) || self.in_entry {
+        let return_site = matches!(
+            self.site.kind,
+            SiteKind::Return { .. }
+                | SiteKind::User {
+                    is_return: true,
+                    ..
+                }
+        );
+        if !return_site || self.in_entry {
             let nested = self.in_entry;
             return self.fail(
                 Diagnostic::error(

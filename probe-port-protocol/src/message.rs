@@ -195,6 +195,10 @@ pub enum Site<'a> {
         /// File offset of a USDT semaphore (a 16-bit counter the kernel increments
         /// while the probe is armed), or 0 for none.
         ref_ctr_offset: u64,
+        /// With `is_return`: runs at the function's entry and may save up to
+        /// `context::ENTRY_SLOTS` values with `entry_save` for the return program;
+        /// empty for none (and always empty without `is_return`).
+        entry_program: &'a [u8],
     },
 }
 
@@ -638,7 +642,19 @@ impl Request<'_> {
                     }
                     Site::Marker { .. } => Ok(()),
                     Site::Timer { period_ns, .. } => check(*period_ns > 0, "period_ns"),
-                    Site::User { path, .. } => check((1..=MAX_PATH).contains(&path.len()), "path"),
+                    Site::User {
+                        path,
+                        is_return,
+                        entry_program,
+                        ..
+                    } => {
+                        check((1..=MAX_PATH).contains(&path.len()), "path")?;
+                        check(
+                            entry_program.len().is_multiple_of(crate::isa::INSN_SIZE)
+                                && (*is_return || entry_program.is_empty()),
+                            "entry_program",
+                        )
+                    }
                 }
             }
             RequestBody::ReadMemory { len, .. } => {

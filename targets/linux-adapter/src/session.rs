@@ -32,12 +32,16 @@ use probe_port_protocol::message::{
 use probe_port_protocol::verifier::{ProgramKind, VerifierConfig, verify_alloc};
 
 use crate::sys::{self, BpfMap, BpfProgram, RingBuffer, UprobeEvent, UprobePmu, map_type};
-use crate::translate::{self, Environment, LinuxMap, RECORD_HEADER, counter, stat};
+use crate::translate::{
+    self, ENTRY_RECORD, Environment, LinuxMap, RECORD_HEADER, Role, counter, stat,
+};
 
 /// Most probes one session may arm (probe numbers are never reused in a session).
 pub const MAX_PROBES: u32 = 256;
 /// Most maps one session may define.
 pub const MAX_MAPS: u32 = 64;
+/// Entry records (frames between a function's entry and return) a session keeps.
+pub const ENTRY_RECORDS: u32 = 16384;
 /// Bytes of the one event ring buffer, by default.
 pub const RING_BYTES: usize = 1 << 20;
 /// Bytes of map memory a session may ask for (the sum of key and value sizes times
@@ -150,9 +154,27 @@ struct SessionMap {
 }
 
 struct Probe {
-    event: UprobeEvent,
-    /// Kept open while the event uses it.
-    _program: BpfProgram,
+    /// The site's perf events: the probe itself, then (return sites with an entry
+    /// program) the entry probe.
+    events: Vec<UprobeEvent>,
+    /// Kept open while the events use them.
+    _programs: Vec<BpfProgram>,
+}
+
+impl Probe {
+    /// Enables the events in order, or disables them in reverse order.
+    fn set_enabled(&self, enabled: bool) -> std::io::Result<()> {
+        if enabled {
+            self.events
+                .iter()
+                .try_for_each(|event| event.set_enabled(true))
+        } else {
+            self.events
+                .iter()
+                .rev()
+                .try_for_each(|event| event.set_enabled(false))
+        }
+    }
 }
 
 /// The kernel objects shared by every program of a session.
@@ -160,6 +182,8 @@ struct Shared {
     ring: RingBuffer,
     counters: BpfMap,
     stats: BpfMap,
+    /// Entry records of return sites with entry programs, and the zero record.
+    entries: Option<(BpfMap, BpfMap)>,
 }
 
 /// A session on the probe port, from `Hello` to its end.
@@ -302,7 +326,7 @@ impl Session {
                     return error(ErrorCode::BAD_STATE, ErrorDetail::None);
                 }
                 for probe in self.probes.values() {
-                    let _ = probe.event.set_enabled(false);
+                    let _ = probe.set_enabled(false);
                 }
                 self.started = false;
                 // Handlers already running finish within microseconds; give their
@@ -368,6 +392,7 @@ impl Session {
                     MAX_PROBES + 1,
                     "probeport_stats",
                 )?,
+                entries: None,
             })
         })();
         match shared {
@@ -474,45 +499,31 @@ impl Session {
         }
     }
 
-    fn arm(&mut self, arm: &ArmRequest<'_>) -> Outcome {
-        let Site::User {
-            path,
-            file_offset,
-            is_return,
-            ref_ctr_offset,
-        } = arm.site
-        else {
-            return error_text(ErrorCode::UNSUPPORTED, "only user-space sites on Linux");
+    /// Our verifier, then the translator, then the kernel's verifier.
+    fn load(&self, bytes: &[u8], role: Role, probe: u32) -> Result<BpfProgram, Box<Outcome>> {
+        let Ok(program) = decode(bytes) else {
+            return Err(Box::new(error(ErrorCode::MALFORMED, ErrorDetail::None)));
         };
-        if self.next_probe > MAX_PROBES {
-            return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
-        }
-        let Ok(program) = decode(arm.program) else {
-            return error(ErrorCode::MALFORMED, ErrorDetail::None);
+        let is_entry = role == Role::Entry;
+        let kind = if is_entry {
+            ProgramKind::Entry
+        } else {
+            ProgramKind::Probe
         };
         let shapes = Shapes(&self.maps);
         let verified =
-            match verify_alloc(&program, &VerifierConfig::new(ProgramKind::Probe, &shapes)) {
-                Ok(verified) => verified,
-                Err(refused) => {
-                    return error(
-                        ErrorCode::PROGRAM_REJECTED,
-                        ErrorDetail::Verifier {
-                            index: refused.index,
-                            rule: refused.rule.code(),
-                            entry: false,
-                        },
-                    );
-                }
-            };
-        let stack_depth = verified.stack_depth();
-        let file = Path::new(path);
-        if !file.is_absolute() || !file.is_file() {
-            return error_text(ErrorCode::INVALID_ARGUMENT, "path");
-        }
-        let probe = self.next_probe;
+            verify_alloc(&program, &VerifierConfig::new(kind, &shapes)).map_err(|refused| {
+                error(
+                    ErrorCode::PROGRAM_REJECTED,
+                    ErrorDetail::Verifier {
+                        index: refused.index,
+                        rule: refused.rule.code(),
+                        entry: is_entry,
+                    },
+                )
+            })?;
         let Some(shared) = &self.shared else {
-            return error(ErrorCode::BAD_STATE, ErrorDetail::None);
+            return Err(Box::new(error(ErrorCode::BAD_STATE, ErrorDetail::None)));
         };
         let maps = &self.maps;
         let lookup = |map: MapId| {
@@ -522,61 +533,156 @@ impl Session {
                 zero_fd: entry.zero.as_ref().map_or(-1, BpfMap::raw_fd),
             })
         };
+        let (entries_fd, entry_zero_fd) =
+            shared.entries.as_ref().map_or((-1, -1), |(entries, zero)| {
+                (entries.raw_fd(), zero.raw_fd())
+            });
         let environment = Environment {
             probe,
             maps: &lookup,
             ring_fd: shared.ring.raw_fd(),
             counters_fd: shared.counters.raw_fd(),
             stats_fd: shared.stats.raw_fd(),
+            role,
+            entries_fd,
+            entry_zero_fd,
         };
         let linux_program: Vec<Insn> =
-            match translate::translate(&program, stack_depth, &environment) {
-                Ok(insns) => insns,
-                Err(refused) => return error_text(refused.code, &refused.to_string()),
-            };
-        let loaded = match BpfProgram::load(&linux_program, &format!("probeport_{probe}")) {
-            Ok(loaded) => loaded,
-            Err(refused) => {
-                eprintln!(
-                    "probeport-linuxd: the kernel refused probe {probe}'s program ({}):\n{}",
-                    refused.error, refused.log
-                );
-                let mut text = String::from("Linux verifier: ");
-                let reason = log_reason(&refused.log);
-                if reason.is_empty() {
-                    let _ = write!(text, "{}", refused.error);
-                } else {
-                    text.push_str(reason);
-                }
-                return error_text(ErrorCode::PROGRAM_REJECTED, &text);
+            translate::translate(&program, verified.stack_depth(), &environment)
+                .map_err(|refused| Box::new(error_text(refused.code, &refused.to_string())))?;
+        let name = format!("probeport_{probe}{}", if is_entry { "e" } else { "" });
+        BpfProgram::load(&linux_program, &name).map_err(|refused| {
+            eprintln!(
+                "probeport-linuxd: the kernel refused probe {probe}'s program ({}):\n{}",
+                refused.error, refused.log
+            );
+            let mut text = String::from("Linux verifier: ");
+            let reason = log_reason(&refused.log);
+            if reason.is_empty() {
+                let _ = write!(text, "{}", refused.error);
+            } else {
+                text.push_str(reason);
             }
+            Box::new(error_text(ErrorCode::PROGRAM_REJECTED, &text))
+        })
+    }
+
+    fn arm(&mut self, arm: &ArmRequest<'_>) -> Outcome {
+        let Site::User {
+            path,
+            file_offset,
+            is_return,
+            ref_ctr_offset,
+            entry_program,
+        } = arm.site
+        else {
+            return error_text(ErrorCode::UNSUPPORTED, "only user-space sites on Linux");
         };
-        let event = match UprobeEvent::open(&self.pmu, file, file_offset, is_return, ref_ctr_offset)
-        {
-            Ok(event) => event,
-            Err(cause) => {
-                return error_text(ErrorCode::UNSUPPORTED, &format!("uprobe: {cause}"));
-            }
-        };
-        if let Err(cause) = event.attach(&loaded) {
-            return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+        if self.next_probe > MAX_PROBES {
+            return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
         }
+        let file = Path::new(path);
+        let with_entry = is_return && !entry_program.is_empty();
+        if with_entry && let Err(outcome) = self.entry_maps() {
+            return *outcome;
+        }
+        let probe = self.next_probe;
+        let role = if with_entry {
+            Role::Return
+        } else {
+            Role::Probe {
+                at_return: is_return,
+            }
+        };
+        let main = match self.load(arm.program, role, probe) {
+            Ok(loaded) => loaded,
+            Err(outcome) => return *outcome,
+        };
+        let entry = if with_entry {
+            match self.load(entry_program, Role::Entry, probe) {
+                Ok(loaded) => Some(loaded),
+                Err(outcome) => return *outcome,
+            }
+        } else {
+            None
+        };
+        if !file.is_absolute() || !file.is_file() {
+            return error_text(ErrorCode::INVALID_ARGUMENT, "path");
+        }
+        // The return probe first: enabled first, a frame entered in between is a
+        // counted miss rather than an entry record nobody takes.
+        let mut events = Vec::new();
+        let mut programs = Vec::new();
+        let parts = [
+            Some((main, is_return, ref_ctr_offset)),
+            entry.map(|entry| (entry, false, 0)),
+        ];
+        for (program, at_return, semaphore) in parts.into_iter().flatten() {
+            let event = match UprobeEvent::open(&self.pmu, file, file_offset, at_return, semaphore)
+            {
+                Ok(event) => event,
+                Err(cause) => {
+                    return error_text(ErrorCode::UNSUPPORTED, &format!("uprobe: {cause}"));
+                }
+            };
+            if let Err(cause) = event.attach(&program) {
+                return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+            }
+            events.push(event);
+            programs.push(program);
+        }
+        let armed = Probe {
+            events,
+            _programs: programs,
+        };
         if self.started
-            && let Err(cause) = event.set_enabled(true)
+            && let Err(cause) = armed.set_enabled(true)
         {
             return error_text(ErrorCode::UNSUPPORTED, &format!("enable: {cause}"));
         }
         self.next_probe += 1;
-        self.probes.insert(
-            probe,
-            Probe {
-                event,
-                _program: loaded,
-            },
-        );
+        self.probes.insert(probe, armed);
         Outcome::Body(ReplyBody::Armed {
             probe: ProbeId(probe),
         })
+    }
+
+    /// The session's entry-record maps, created on first use.
+    fn entry_maps(&mut self) -> Result<(), Box<Outcome>> {
+        let Some(shared) = &mut self.shared else {
+            return Err(Box::new(error(ErrorCode::BAD_STATE, ErrorDetail::None)));
+        };
+        if shared.entries.is_some() {
+            return Ok(());
+        }
+        let created = (|| -> std::io::Result<(BpfMap, BpfMap)> {
+            Ok((
+                BpfMap::create(
+                    map_type::HASH,
+                    16,
+                    ENTRY_RECORD as u32,
+                    ENTRY_RECORDS,
+                    "probeport_entry",
+                )?,
+                BpfMap::create(
+                    map_type::ARRAY,
+                    4,
+                    ENTRY_RECORD as u32,
+                    1,
+                    "probeport_ezero",
+                )?,
+            ))
+        })();
+        match created {
+            Ok(maps) => {
+                shared.entries = Some(maps);
+                Ok(())
+            }
+            Err(cause) => Err(Box::new(error_text(
+                ErrorCode::NO_SPACE,
+                &format!("entry record map: {cause}"),
+            ))),
+        }
     }
 
     fn start(&mut self) -> Outcome {
@@ -584,9 +690,9 @@ impl Session {
             return error(ErrorCode::BAD_STATE, ErrorDetail::None);
         }
         for probe in self.probes.values() {
-            if let Err(cause) = probe.event.set_enabled(true) {
+            if let Err(cause) = probe.set_enabled(true) {
                 for probe in self.probes.values() {
-                    let _ = probe.event.set_enabled(false);
+                    let _ = probe.set_enabled(false);
                 }
                 return error_text(ErrorCode::UNSUPPORTED, &format!("enable: {cause}"));
             }
@@ -623,7 +729,7 @@ impl Session {
         Outcome::Body(ReplyBody::ProbeStats(ProbeStats {
             probe: ProbeId(probe),
             hits: total(stat::HITS),
-            misses: 0,
+            misses: total(stat::MISSES),
             faults: total(stat::FAULTS),
             // Each CPU keeps its own last one; any CPU's is "the last" of some CPU.
             last_fault_address: per_cpu
@@ -783,7 +889,7 @@ impl Session {
     /// Ends the session: every probe, program and map is closed.
     pub fn teardown(&mut self) {
         for probe in self.probes.values() {
-            let _ = probe.event.set_enabled(false);
+            let _ = probe.set_enabled(false);
         }
         self.probes.clear();
         self.maps.clear();

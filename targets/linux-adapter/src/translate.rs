@@ -32,9 +32,20 @@
 //! # Invariants
 //!
 //! - Anything without a faithful translation is refused with an [`ErrorCode`] and a
-//!   reason, never translated approximately: return-probe slots (return address,
-//!   entry stack pointer, entry values), `stack_trace`, `entry_save`, a context
-//!   pointer used as a number after it was moved.
+//!   reason, never translated approximately: return-probe slots outside return
+//!   programs, `stack_trace`, a context pointer used as a number after it was moved.
+//!
+//! # Return sites with entry programs
+//!
+//! Linux runs the entry program at an ordinary uprobe on the function's first
+//! instruction ([`Role::Entry`]): it creates a record of the eight entry slots in a
+//! hash map keyed by (thread, stack pointer at entry), which `entry_save` fills. The
+//! return program ([`Role::Return`]) runs at the uretprobe, where the stack pointer
+//! is 8 bytes higher (`ret` popped the return address): it copies the frame's record
+//! to its stack, deletes it, and reads the entry slots from the copy. A return
+//! without a record (the function was entered before the entry probe was live) is
+//! counted as a miss and its handler does not run, as the stub skips such returns.
+//! Entry and return programs keep [`ENTRY_SCRATCH_BYTES`] of scratch.
 //! - Aggregations are per-CPU maps whose zero value means "empty": min and max are
 //!   stored with the order-preserving encodings of [`encode_min`] and
 //!   [`encode_max`], so an entry another CPU created (zero on this CPU) is empty.
@@ -131,6 +142,18 @@ const SPILL_SEQ: i16 = -464;
 const KEY: i16 = -456;
 const COMM: i16 = -456 + 8;
 const COMM_SIZE: usize = 16;
+// Entry and return programs only: the (thread, entry stack pointer) key of the
+// frame, the entry program's pointer to its saved values, the return program's
+// copy of them.
+const ENTRY_KEY: i16 = -432;
+const ENTRY_POINTER: i16 = -416;
+const ENTRY_VALUES: i16 = -408;
+/// Bytes of scratch of entry and return programs.
+pub const ENTRY_SCRATCH_BYTES: usize = 168;
+/// Bytes of an entry record: the eight entry slots.
+pub const ENTRY_RECORD: usize = 8 * probe_port_protocol::context::ENTRY_SLOTS;
+/// Offset of `sp` in x86_64 `struct pt_regs`.
+const PT_REGS_SP: i16 = 152;
 
 /// Words of the per-CPU counters value (map [`Environment::counters_fd`], key 0).
 pub mod counter {
@@ -153,8 +176,10 @@ pub mod stat {
     pub const DROPS: usize = 2;
     /// The address of the CPU's last failed read (0 if none).
     pub const LAST_FAULT: usize = 3;
+    /// Returns skipped because their entry was not seen.
+    pub const MISSES: usize = 4;
     /// Words per value.
-    pub const WORDS: usize = 4;
+    pub const WORDS: usize = 5;
 }
 
 /// The stored form of a signed minimum: order-reversing, so that the per-CPU
@@ -202,6 +227,39 @@ pub struct Environment<'a> {
     pub counters_fd: i32,
     /// Per-CPU array of [`stat`] words, indexed by probe number.
     pub stats_fd: i32,
+    /// Which program of the site this is.
+    pub role: Role,
+    /// For entry and return programs: the hash map from (thread id, stack pointer
+    /// at entry) to [`ENTRY_RECORD`] bytes of saved values.
+    pub entries_fd: i32,
+    /// For entry programs: an array map with one all-zero entry record.
+    pub entry_zero_fd: i32,
+}
+
+/// Which program of a site a translation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The handler of an entry site (or of a return site without entry program).
+    Probe {
+        /// Whether it runs at a function's return (the PC slot is the address
+        /// returned to, and the return-address slot is known).
+        at_return: bool,
+    },
+    /// The entry program of a return site: creates the frame's entry record, which
+    /// `entry_save` fills.
+    Entry,
+    /// The handler of a return site with an entry program: reads the frame's entry
+    /// record (and deletes it), or skips the return as a miss when there is none.
+    Return,
+}
+
+impl Role {
+    fn scratch(self) -> usize {
+        match self {
+            Role::Probe { .. } => SCRATCH_BYTES,
+            Role::Entry | Role::Return => ENTRY_SCRATCH_BYTES,
+        }
+    }
 }
 
 impl fmt::Debug for Environment<'_> {
@@ -461,13 +519,13 @@ pub fn translate(
     stack_depth: usize,
     environment: &Environment<'_>,
 ) -> Result<Vec<Insn>, TranslateError> {
-    if stack_depth > MAX_PROGRAM_STACK {
+    let most = STACK_SIZE - environment.role.scratch();
+    if stack_depth > most {
         return Err(TranslateError {
             code: ErrorCode::NO_SPACE,
             index: 0,
             reason: format!(
-                "the program uses {stack_depth} bytes of stack; on Linux at most \
-                 {MAX_PROGRAM_STACK}"
+                "the program uses {stack_depth} bytes of stack; on Linux at most {most}"
             ),
         });
     }
@@ -550,8 +608,85 @@ impl Translator<'_, '_> {
         for word in 1..=words {
             out.store_imm(op::SIZE_DW, FP, -(8 * word as i16), 0);
         }
-        self.count_stat(stat::HITS);
+        match self.environment.role {
+            Role::Probe { .. } => self.count_stat(stat::HITS),
+            Role::Entry => {
+                self.count_stat(stat::HITS);
+                self.create_entry_record();
+            }
+            Role::Return => {
+                self.take_entry_record();
+                self.count_stat(stat::HITS);
+            }
+        }
         self.out.mov_reg(R1, R6);
+    }
+
+    /// Writes the frame's key at `ENTRY_KEY`: the thread, and the stack pointer at
+    /// the function's entry (`sp`, or at a return `sp - 8`: `ret` popped the return
+    /// address). Clobbers r0–r5; r6 holds the context.
+    fn entry_key(&mut self, at_return: bool) {
+        let out = &mut self.out;
+        out.call(linux_helper::GET_CURRENT_PID_TGID);
+        out.store_reg(op::SIZE_DW, FP, ENTRY_KEY, R0);
+        out.load(op::SIZE_DW, R1, R6, PT_REGS_SP);
+        if at_return {
+            out.alu_imm(op::ADD, R1, -8);
+        }
+        out.store_reg(op::SIZE_DW, FP, ENTRY_KEY + 8, R1);
+    }
+
+    /// Entry programs: a zeroed record for this frame (replacing a stale one of a
+    /// frame that never returned), its address kept at `ENTRY_POINTER` (0 when
+    /// the map is full).
+    fn create_entry_record(&mut self) {
+        self.entry_key(false);
+        let (missing, done) = (self.out.label(), self.out.label());
+        let out = &mut self.out;
+        out.map_fd(R1, self.environment.entries_fd);
+        out.mov_reg(R2, FP);
+        out.alu_imm(op::ADD, R2, i32::from(ENTRY_KEY));
+        out.map_value(R3, self.environment.entry_zero_fd);
+        out.mov_imm(R4, 0);
+        out.call(linux_helper::MAP_UPDATE_ELEM);
+        out.map_fd(R1, self.environment.entries_fd);
+        out.mov_reg(R2, FP);
+        out.alu_imm(op::ADD, R2, i32::from(ENTRY_KEY));
+        out.call(linux_helper::MAP_LOOKUP_ELEM);
+        out.jump(op::CLASS_JMP | op::JEQ | op::SRC_K, R0, 0, 0, missing);
+        out.store_reg(op::SIZE_DW, FP, ENTRY_POINTER, R0);
+        out.ja(done);
+        out.bind(missing);
+        out.store_imm(op::SIZE_DW, FP, ENTRY_POINTER, 0);
+        out.bind(done);
+    }
+
+    /// Return programs: the frame's entry record copied to `ENTRY_VALUES` and
+    /// deleted; without one, the return is counted as a miss and the handler
+    /// does not run.
+    fn take_entry_record(&mut self) {
+        self.entry_key(true);
+        let found = self.out.label();
+        let out = &mut self.out;
+        out.map_fd(R1, self.environment.entries_fd);
+        out.mov_reg(R2, FP);
+        out.alu_imm(op::ADD, R2, i32::from(ENTRY_KEY));
+        out.call(linux_helper::MAP_LOOKUP_ELEM);
+        out.jump(op::CLASS_JMP | op::JNE | op::SRC_K, R0, 0, 0, found);
+        self.count_stat(stat::MISSES);
+        let out = &mut self.out;
+        out.mov_imm(R0, 0);
+        out.push(Insn::new(op::CLASS_JMP | op::EXIT, 0, 0, 0, 0));
+        out.bind(found);
+        for word in 0..ENTRY_RECORD / 8 {
+            let offset = (word * 8) as i16;
+            out.load(op::SIZE_DW, R1, R0, offset);
+            out.store_reg(op::SIZE_DW, FP, ENTRY_VALUES + offset, R1);
+        }
+        out.map_fd(R1, self.environment.entries_fd);
+        out.mov_reg(R2, FP);
+        out.alu_imm(op::ADD, R2, i32::from(ENTRY_KEY));
+        out.call(linux_helper::MAP_DELETE_ELEM);
     }
 
     /// Adds 1 to this probe's per-CPU statistic `word`. Clobbers r0–r5.
@@ -701,29 +836,45 @@ impl Translator<'_, '_> {
         }
         let slot_number = offset as usize / 8;
         let within = (offset % 8) as i16;
+        let role = self.environment.role;
+        let at_return = matches!(role, Role::Return | Role::Probe { at_return: true });
         let register_field = match slot_number {
             n if n < slot::REGISTER_SLOTS => Some(PT_REGS_OFFSET[n]),
             slot::PC => Some(PT_REGS_IP),
             slot::FLAGS => Some(PT_REGS_FLAGS),
+            // At a uretprobe, `ip` is the address returned to.
+            slot::RETURN_ADDRESS if at_return => Some(PT_REGS_IP),
             _ => None,
         };
         let dst = insn.dst();
         if let Some(field) = register_field {
             self.out.load(size_bits, dst, insn.src(), field + within);
+        } else if slot_number == slot::ENTRY_SP && at_return && size == 8 {
+            self.out.load(op::SIZE_DW, dst, insn.src(), PT_REGS_SP);
+            self.out.alu_imm(op::ADD, dst, -8);
+        } else if slot_number >= slot::ENTRY_BASE && role == Role::Return {
+            let at = ENTRY_VALUES + ((slot_number - slot::ENTRY_BASE) * 8) as i16 + within;
+            self.out.load(size_bits, dst, FP, at);
         } else {
             let slot_value: u64 = match slot_number {
                 slot::PROBE => u64::from(self.environment.probe),
                 slot::RETURN_ADDRESS => {
-                    return Err(refuse(index, "the return-address slot (not on Linux yet)"));
+                    return Err(refuse(
+                        index,
+                        "the return-address slot outside a return probe",
+                    ));
                 }
                 slot::ENTRY_SP => {
                     return Err(refuse(
                         index,
-                        "the entry stack pointer slot (not on Linux yet)",
+                        "the entry stack pointer slot outside a return probe (or not as 8 bytes)",
                     ));
                 }
                 n if n >= slot::ENTRY_BASE => {
-                    return Err(refuse(index, "entry values (@entry) are not on Linux yet"));
+                    return Err(refuse(
+                        index,
+                        "entry values (@entry) outside a return probe with an entry program",
+                    ));
                 }
                 _ => 0,
             };
@@ -846,11 +997,12 @@ impl Translator<'_, '_> {
             Helper::StackTrace => {
                 return Err(refuse(index, "stack_trace is not supported on Linux yet"));
             }
+            Helper::EntrySave if self.environment.role == Role::Entry => {
+                let slot = self.constant_register(index, state, 1, "the entry slot")?;
+                self.entry_save(slot as usize);
+            }
             Helper::EntrySave => {
-                return Err(refuse(
-                    index,
-                    "entry_save (return-probe entry values) is not supported on Linux yet",
-                ));
+                return Err(refuse(index, "entry_save outside an entry program"));
             }
             _ => return Err(refuse(index, format!("helper {helper} is not supported"))),
         }
@@ -876,6 +1028,21 @@ impl Translator<'_, '_> {
         out.bind(no_entry);
         out.mov_imm(R0, helper_error::EFAULT as i32);
         out.bind(done);
+    }
+
+    /// `entry_save(slot, value = r2)` into the record `ENTRY_POINTER` points to.
+    fn entry_save(&mut self, slot: usize) {
+        let (full, done) = (self.out.label(), self.out.label());
+        let out = &mut self.out;
+        out.load(op::SIZE_DW, R1, FP, ENTRY_POINTER);
+        out.jump(op::CLASS_JMP | op::JEQ | op::SRC_K, R1, 0, 0, full);
+        out.store_reg(op::SIZE_DW, R1, (slot * 8) as i16, R2);
+        out.mov_imm(R0, 0);
+        out.ja(done);
+        out.bind(full);
+        self.count_stat(stat::DROPS);
+        self.out.mov_imm(R0, helper_error::ENOSPC as i32);
+        self.out.bind(done);
     }
 
     /// After a call: a negative r0 counts `word` and becomes `error`.
@@ -1200,6 +1367,9 @@ mod tests {
             ring_fd: RING,
             counters_fd: COUNTERS,
             stats_fd: STATS,
+            role: Role::Probe { at_return: false },
+            entries_fd: -1,
+            entry_zero_fd: -1,
         }
     }
 
@@ -1370,6 +1540,50 @@ mod tests {
             .collect();
         assert_eq!(zeroed, [-8, -16, -24]);
         let error = translated("mov64 r0, 0\nexit", MAX_PROGRAM_STACK + 8).unwrap_err();
+        assert_eq!(error.code, ErrorCode::NO_SPACE);
+    }
+
+    #[test]
+    fn return_programs_read_entry_values_from_their_copy_of_the_record() {
+        let program =
+            assemble("ldxdw r2, [r1+200]\nldxdw r3, [r1+152]\nmov64 r0, 0\nexit").unwrap();
+        let maps = no_maps;
+        let return_environment = Environment {
+            role: Role::Return,
+            entries_fd: 300,
+            entry_zero_fd: 301,
+            ..environment(&maps)
+        };
+        let insns = translate(&program, 0, &return_environment).unwrap();
+        let listing = disassemble(&insns);
+        // Entry slot 1 (context offset 200) is the second word of the copy; the
+        // return address is `ip`.
+        assert!(
+            listing.contains("ldxdw r2, [r10-400]\nldxdw r3, [r1+128]"),
+            "{listing}"
+        );
+        // The record is looked up, copied, deleted; a missing one is a miss and exit.
+        let deletes = insns
+            .iter()
+            .filter(|insn| insn.code == op::CLASS_JMP | op::CALL && insn.imm == 3)
+            .count();
+        assert_eq!(deletes, 1);
+        // Outside return programs, those slots are refused.
+        let error = translate(&program, 0, &environment(&maps)).unwrap_err();
+        assert!(error.reason.contains("entry values"), "{error}");
+        let at_return = Environment {
+            role: Role::Probe { at_return: true },
+            ..environment(&maps)
+        };
+        let insns = translate(
+            &assemble("ldxdw r3, [r1+152]\nmov64 r0, 0\nexit").unwrap(),
+            0,
+            &at_return,
+        )
+        .unwrap();
+        assert!(disassemble(&insns).contains("ldxdw r3, [r1+128]"));
+        // Entry and return programs have less stack for themselves.
+        let error = translate(&program, MAX_PROGRAM_STACK, &return_environment).unwrap_err();
         assert_eq!(error.code, ErrorCode::NO_SPACE);
     }
 

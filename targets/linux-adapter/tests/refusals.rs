@@ -23,6 +23,7 @@ fn work_site(path: &str) -> Site<'_> {
         file_offset: offset,
         is_return: false,
         ref_ctr_offset: 0,
+        entry_program: &[],
     }
 }
 
@@ -194,6 +195,7 @@ fn arm_and_start(port: &mut Port<UnixStream>) {
             file_offset: marker.file_offset,
             is_return: false,
             ref_ctr_offset: marker.semaphore_offset,
+            entry_program: &[],
         },
         work_site(&path),
     ] {

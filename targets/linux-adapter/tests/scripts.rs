@@ -218,3 +218,35 @@ fn the_client_session_runs_a_user_space_script() {
         "@calls[0]: 3\n@calls[1]: 3\n@calls[2]: 3\n\n"
     );
 }
+
+#[test]
+fn entry_values_reach_the_return_probe() {
+    let path = traced().display().to_string();
+    let script = compile_script(&format!(
+        r#"
+        probe process("{path}").function("probeport_work").return {{
+            @by_index[@entry(reg("rdi"))] = sum($return);
+            printf("%d -> %d (step %d)\n", @entry(reg("rdi")), $return, @entry(reg("rsi")));
+        }}
+        "#
+    ));
+    let attachment = script.attachments().next().unwrap();
+    assert!(!attachment.entry_program.is_empty());
+    let (lines, maps) = trace(&script, || {
+        assert!(run_traced(4).starts_with("total=46 "));
+    });
+    assert_eq!(
+        lines,
+        [
+            "0 -> 1 (step 7)\n",
+            "1 -> 8 (step 7)\n",
+            "2 -> 15 (step 7)\n",
+            "3 -> 22 (step 7)\n"
+        ]
+    );
+    assert_eq!(
+        maps,
+        "@by_index:\n@by_index[0]: 1\n@by_index[1]: 8\n@by_index[2]: 15\n@by_index[3]: 22\n\n",
+        "{maps}"
+    );
+}

@@ -79,6 +79,7 @@ fn function_arguments_and_every_aggregation_are_exact() {
             file_offset: offset,
             is_return: false,
             ref_ctr_offset: 0,
+            entry_program: &[],
         },
         &program(&unrolled_work_handler()),
     );
@@ -196,6 +197,7 @@ fn a_missing_binary_or_symbol_is_refused_clearly() {
             file_offset: 0x1000,
             is_return: false,
             ref_ctr_offset: 0,
+            entry_program: &[],
         },
         &program("mov64 r0, 0\nexit"),
     );
@@ -279,6 +281,7 @@ fn a_usdt_marker_with_a_semaphore_fires_with_its_arguments() {
             file_offset: marker.file_offset,
             is_return: false,
             ref_ctr_offset: marker.semaphore_offset,
+            entry_program: &[],
         },
         &program(&usdt_handler(&arguments)),
     );
@@ -334,6 +337,7 @@ fn a_return_probe_sees_the_return_value() {
             file_offset: offset,
             is_return: true,
             ref_ctr_offset: 0,
+            entry_program: &[],
         },
         &program(handler),
     );
@@ -385,6 +389,7 @@ fn a_bad_user_pointer_is_a_counted_fault_with_a_zeroed_buffer() {
             file_offset: offset,
             is_return: false,
             ref_ctr_offset: 0,
+            entry_program: &[],
         },
         &program(handler),
     );

@@ -1,9 +1,11 @@
 map 0 @calls: key (u64) 8 bytes, value Count 8 bytes, 4096 entries
 map 1 @returned: key () 1 bytes, value Stats 32 bytes, 1 entries
+map 2 @by_first: key (u64) 8 bytes, value Sum 8 bytes, 4096 entries
 record 0 (80 bytes): printf "work({%d [0]}) {%s [1]}\n" [@8:u64, @16:string[64]]
 record 1 (40 bytes): printf "tick {%d [0]} {%d [1]} {%s [2, 3]}\n" [@8:i64, @16:u64, arg1=@24:i64, arg2=@32:u64]
 end: PrintMap(MapId(0))
 end: PrintMap(MapId(1))
+end: PrintMap(MapId(2))
 probe process("/usr/bin/demo-app").function("work")
   at /usr/bin/demo-app:work: user /usr/bin/demo-app at offset 0x1139, 52 instructions
     mov64 r9, r1
@@ -59,13 +61,32 @@ probe process("/usr/bin/demo-app").function("work")
     mov64 r0, 0
     exit
 probe process("/usr/bin/demo-app").function("work").return
-  at /usr/bin/demo-app:work.return: user /usr/bin/demo-app at offset 0x1139 (return), 10 instructions
+  at /usr/bin/demo-app:work.return: user /usr/bin/demo-app at offset 0x1139 (return), 20 instructions, entry program 7 instructions
+  entry program:
+    mov64 r9, r1
+    ldxdw r6, [r9+40]
+    mov64 r1, 0
+    mov64 r2, r6
+    call entry_save
+    mov64 r0, 0
+    exit
+  handler:
     mov64 r9, r1
     ldxdw r6, [r9]
     stdw [r10-8], 0
     mov64 r1, 1
     mov64 r2, r10
     add64 r2, -8
+    mov64 r3, r6
+    call aggregate
+    ldxdw r6, [r9]
+    ldxdw r7, [r9+192]
+    stxdw [r10-8], r7
+    ldxdw r0, [r10-8]
+    stxdw [r10-16], r0
+    mov64 r1, 2
+    mov64 r2, r10
+    add64 r2, -16
     mov64 r3, r6
     call aggregate
     mov64 r0, 0
