@@ -700,6 +700,11 @@ impl<P: Platform> Stub<P> {
             Site::Timer { period_ns, scope } => {
                 self.arm_timer(session, period_ns, scope, arm.program)
             }
+            // A kernel stub has no user address spaces to probe (no `USER` bit).
+            Site::User { .. } => Err(ErrorReply::with(
+                ErrorCode::UNSUPPORTED,
+                ErrorDetail::Text("user-space sites"),
+            )),
         }
     }
 

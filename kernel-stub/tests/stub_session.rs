@@ -744,6 +744,33 @@ fn without_an_out_of_line_area_dynamic_sites_are_unsupported() {
 }
 
 #[test]
+fn user_space_sites_are_unsupported_and_not_announced() {
+    let mut client = Client::new(new_stub!());
+    let reply = client.hello();
+    let ReplyBody::Hello(hello) = reply.ok() else {
+        panic!("not a hello");
+    };
+    assert!(!hello.capabilities.has(Capabilities::USER));
+    client
+        .arm(
+            Site::User {
+                path: "/usr/bin/true",
+                file_offset: 0x1000,
+                is_return: false,
+                ref_ctr_offset: 0,
+                entry_program: &[],
+            },
+            &noop(),
+        )
+        .assert_err(
+            ErrorCode::UNSUPPORTED,
+            ErrorDetail::Text("user-space sites"),
+        );
+    // The refusal armed nothing: the first probe still gets number 1.
+    assert_eq!(client.arm(timer(), &noop()).probe(), 1);
+}
+
+#[test]
 fn a_text_write_the_platform_refuses_fails_start_and_restores_everything() {
     let mut client = Client::new(new_stub!());
     client.open();

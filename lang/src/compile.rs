@@ -29,7 +29,7 @@ use crate::diagnostic::{self, Diagnostic, Diagnostics, closest};
 use crate::format::{ConstValue, RawPiece, format_constants, parse_format};
 use crate::lower::{self, Site, SiteKind};
 use crate::parser::parse;
-use crate::resolver::{Marker, NameKind, Resolver, SiteRefusal, is_glob};
+use crate::resolver::{Marker, NameKind, Resolver, SiteRefusal, UserTarget, is_glob};
 use crate::source::{SourceKind, Sources, Span};
 use crate::types::Type;
 
@@ -234,6 +234,12 @@ enum Point {
     Timer {
         period_ns: u64,
         scope: TimerScope,
+    },
+    /// `process("path").function("name")[.return]`, `process("path").mark("p:n")`.
+    User {
+        path: String,
+        target: UserTarget,
+        is_return: bool,
     },
 }
 
@@ -721,6 +727,55 @@ impl<'a> Compiler<'a> {
                 Point::Statement { file, line }
             }
             "kernel.marker" => Point::Marker(string(self, 1, "a marker name in quotes")?),
+            "process.function" | "process.function.return" | "process.mark" => {
+                let path = string(self, 0, "an absolute file path in quotes")?;
+                if !path.starts_with('/') {
+                    let span = argument(0).map_or(point.span, |literal| literal.span());
+                    self.error(
+                        Diagnostic::error(
+                            diagnostic::BAD_PROBE_ARGUMENT,
+                            span,
+                            format!("`{path}` is not an absolute path"),
+                        )
+                        .label("user-space probes name their file by its absolute path"),
+                    );
+                    return None;
+                }
+                if components.len() == 3 && components[2].argument.is_some() {
+                    self.bad_argument(point, 2);
+                    return None;
+                }
+                let is_return = components.len() == 3;
+                let target = if components[1].name.name == "mark" {
+                    let text = string(self, 1, "\"provider:name\" in quotes")?;
+                    let Some((provider, name)) = text
+                        .split_once(':')
+                        .filter(|(provider, name)| !provider.is_empty() && !name.is_empty())
+                    else {
+                        let span = argument(1).map_or(point.span, |literal| literal.span());
+                        self.error(
+                            Diagnostic::error(
+                                diagnostic::BAD_PROBE_ARGUMENT,
+                                span,
+                                format!("`{text}` is not `provider:name`"),
+                            )
+                            .label("expected a provider, a colon and a marker name"),
+                        );
+                        return None;
+                    };
+                    UserTarget::Mark {
+                        provider: provider.to_string(),
+                        name: name.to_string(),
+                    }
+                } else {
+                    UserTarget::Function(string(self, 1, "a function name in quotes")?)
+                };
+                Point::User {
+                    path,
+                    target,
+                    is_return,
+                }
+            }
             "timer.ms" | "timer.s" | "timer.us" | "timer.hz" | "profile.hz" => {
                 let (value, span) = match argument(1) {
                     Some(ast::Literal::Int(value, span)) => (value, span),
@@ -776,7 +831,9 @@ impl<'a> Compiler<'a> {
                 } else {
                     error = error.note(
                         "probe points are kernel.function(\"name\"), kernel.function(\"name\").return, \
-                         kernel.statement(\"file:line\"), kernel.marker(\"name\"), timer.ms(N), \
+                         kernel.statement(\"file:line\"), kernel.marker(\"name\"), \
+                         process(\"path\").function(\"name\")[.return], \
+                         process(\"path\").mark(\"provider:name\"), timer.ms(N), \
                          timer.s(N), timer.hz(N), profile.hz(N), begin, end, or an alias",
                     );
                 }
@@ -900,6 +957,39 @@ impl<'a> Compiler<'a> {
                 },
                 span,
             }],
+            Point::User {
+                path,
+                target,
+                is_return,
+            } => match self.resolver.user_site(path, target) {
+                Ok(found) => {
+                    let what = match target {
+                        UserTarget::Function(name) => name.clone(),
+                        UserTarget::Mark { provider, name } => format!("mark {provider}:{name}"),
+                    };
+                    vec![Site {
+                        description: format!(
+                            "{path}:{what}{}",
+                            if *is_return { ".return" } else { "" }
+                        ),
+                        kind: SiteKind::User {
+                            path: path.clone(),
+                            file_offset: found.file_offset,
+                            is_return: *is_return,
+                            ref_ctr_offset: found.ref_ctr_offset,
+                            args: found.args,
+                        },
+                        span,
+                    }]
+                }
+                Err(error) => {
+                    self.error(
+                        Diagnostic::error(diagnostic::NO_MATCH, span, error.message)
+                            .label("while looking up this user-space probe point"),
+                    );
+                    Vec::new()
+                }
+            },
         }
     }
 
@@ -1254,10 +1344,17 @@ const BUILTIN_POINTS: &[&str] = &[
     "timer.us",
     "timer.hz",
     "profile.hz",
+    "process.function",
+    "process.function.return",
+    "process.mark",
 ];
 
 fn builtin_point(name: &str) -> bool {
-    BUILTIN_POINTS.contains(&name) || name == "kernel" || name == "timer" || name == "profile"
+    BUILTIN_POINTS.contains(&name)
+        || name == "kernel"
+        || name == "timer"
+        || name == "profile"
+        || name == "process"
 }
 
 fn refusal_text(refusal: &SiteRefusal) -> String {

@@ -132,6 +132,18 @@ impl SiteSpec {
                 period_ns: *period_ns,
                 scope: *scope,
             },
+            SiteSpec::User {
+                path,
+                file_offset,
+                is_return,
+                ref_ctr_offset,
+            } => Site::User {
+                path,
+                file_offset: *file_offset,
+                is_return: *is_return,
+                ref_ctr_offset: *ref_ctr_offset,
+                entry_program,
+            },
         }
     }
 }
@@ -164,6 +176,17 @@ pub enum SiteSpec {
         period_ns: u64,
         /// One CPU or each CPU.
         scope: TimerScope,
+    },
+    /// An instruction of a user-space ELF file (PROTOCOL.md §8.8).
+    User {
+        /// The file's absolute path.
+        path: String,
+        /// The instruction's offset in the file.
+        file_offset: u64,
+        /// Whether the site is the function's return.
+        is_return: bool,
+        /// The file offset of a USDT semaphore, 0 for none.
+        ref_ctr_offset: u64,
     },
 }
 
@@ -374,6 +397,21 @@ pub fn describe(script: &CompiledScript, with_code: bool) -> String {
                 }
                 SiteSpec::Marker { index } => format!("marker #{index}"),
                 SiteSpec::Timer { period_ns, scope } => format!("timer {period_ns}ns {scope:?}"),
+                SiteSpec::User {
+                    path,
+                    file_offset,
+                    is_return,
+                    ref_ctr_offset,
+                } => {
+                    let mut text = format!("user {path} at offset {file_offset:#x}");
+                    if *is_return {
+                        text.push_str(" (return)");
+                    }
+                    if *ref_ctr_offset != 0 {
+                        text.push_str(&format!(", semaphore at offset {ref_ctr_offset:#x}"));
+                    }
+                    text
+                }
             };
             let _ = writeln!(
                 text,

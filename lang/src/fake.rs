@@ -27,6 +27,10 @@
 //! `+0x13` is inside an instruction. Lines of any file `broken.rs` make the
 //! resolver fail, for the tests of that error. The static `demo_kernel::ipc::SENDS` is reached
 //! through casts of its address.
+//!
+//! One user-space file exists, `/usr/bin/demo-app`: function `work` at file offset
+//! `0x1139`, and USDT marker `app:tick` at offset `0x1274` with its semaphore at
+//! offset `0x3028` and arguments `arg1` (`-4@%ebx`) and `arg2` (`8@%rbp`).
 
 use std::collections::BTreeMap;
 
@@ -703,6 +707,48 @@ impl Resolver for DemoKernel {
                     .filter(|(space, _)| *space == namespace)
                     .map(|(_, name)| name.clone())
                     .collect()
+            }
+        }
+    }
+
+    fn user_site(&self, path: &str, target: &UserTarget) -> Result<UserSite, ResolveError> {
+        let missing = |what: String| {
+            Err(ResolveError {
+                message: format!("{path} has no {what}"),
+            })
+        };
+        if path != "/usr/bin/demo-app" {
+            return Err(ResolveError {
+                message: format!("cannot read {path}: No such file or directory"),
+            });
+        }
+        match target {
+            UserTarget::Function(name) if name == "work" => Ok(UserSite {
+                file_offset: 0x1139,
+                ref_ctr_offset: 0,
+                args: Vec::new(),
+            }),
+            UserTarget::Function(name) => missing(format!("function named {name:?}")),
+            UserTarget::Mark { provider, name } if provider == "app" && name == "tick" => {
+                Ok(UserSite {
+                    file_offset: 0x1274,
+                    ref_ctr_offset: 0x3028,
+                    args: vec![
+                        UserArg {
+                            name: "arg1".to_string(),
+                            slot: 3,
+                            size: -4,
+                        },
+                        UserArg {
+                            name: "arg2".to_string(),
+                            slot: 6,
+                            size: 8,
+                        },
+                    ],
+                })
+            }
+            UserTarget::Mark { provider, name } => {
+                missing(format!("marker named \"{provider}:{name}\""))
             }
         }
     }

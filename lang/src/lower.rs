@@ -65,6 +65,16 @@ pub(crate) enum SiteKind {
     Marker(Marker),
     /// A timer.
     Timer { period_ns: u64, scope: TimerScope },
+    /// An instruction of a user-space file (a function's entry or return, or a
+    /// USDT marker): no debuginfo, registers and marker arguments only, memory
+    /// read from the probed process.
+    User {
+        path: String,
+        file_offset: u64,
+        is_return: bool,
+        ref_ctr_offset: u64,
+        args: Vec<crate::resolver::UserArg>,
+    },
 }
 
 /// An error was reported; the statement is abandoned.
@@ -131,7 +141,15 @@ pub(crate) fn lower_site(
     let errors_before = cx.error_count();
     let mut main = Builder::new();
     let exit = main.label();
-    let entry = matches!(site.kind, SiteKind::Return { .. }).then(Builder::new);
+    let entry = matches!(
+        site.kind,
+        SiteKind::Return { .. }
+            | SiteKind::User {
+                is_return: true,
+                ..
+            }
+    )
+    .then(Builder::new);
     let mut lowerer = Lowerer {
         cx,
         site,
@@ -210,6 +228,18 @@ pub(crate) fn lower_site(
         SiteKind::Timer { period_ns, scope } => SiteSpec::Timer {
             period_ns: *period_ns,
             scope: *scope,
+        },
+        SiteKind::User {
+            path,
+            file_offset,
+            is_return,
+            ref_ctr_offset,
+            ..
+        } => SiteSpec::User {
+            path: path.clone(),
+            file_offset: *file_offset,
+            is_return: *is_return,
+            ref_ctr_offset: *ref_ctr_offset,
         },
     };
     Some(Attachment {
@@ -828,11 +858,12 @@ impl Lowerer<'_, '_> {
         let Some(slot) = self.b().alloc(8) else {
             return self.stack_exhausted(span);
         };
+        let read = self.read_helper();
         let b = self.b();
         b.stack_pointer(1, slot.offset);
         b.mov_imm(2, i64::from(bytes));
         b.mov_reg(3, reg(depth));
-        b.call(Helper::ReadKernel);
+        b.call(read);
         b.load(bytes, ty.is_signed(), reg(depth), FP, slot.offset);
         b.free(slot);
         Ok(())
@@ -849,11 +880,12 @@ impl Lowerer<'_, '_> {
         let count = ty.size().min(256) as u16;
         let size = limit.map_or(count, |limit| limit.min(count));
         let slot = self.temp(size, span)?;
+        let read = self.read_helper();
         let b = self.b();
         b.stack_pointer(1, slot.offset);
         b.mov_imm(2, i64::from(size));
         b.mov_reg(3, reg(depth));
-        b.call(Helper::ReadKernel);
+        b.call(read);
         Ok(Val::Buf {
             slot,
             ty: Type::Str(size),
@@ -975,11 +1007,66 @@ impl Lowerer<'_, '_> {
 
     // ----- context -----
 
+    /// The helper reading the probed code's memory: the process's at user sites.
+    fn read_helper(&self) -> Helper {
+        if matches!(self.site.kind, SiteKind::User { .. }) {
+            Helper::ReadUser
+        } else {
+            Helper::ReadKernel
+        }
+    }
+
     fn context(&mut self, name: &str, span: Span, depth: usize) -> R<Val> {
+        if name == "return"
+            && let SiteKind::User { is_return, .. } = &self.site.kind
+        {
+            if !is_return {
+                return self.fail(
+                    Diagnostic::error(
+                        diagnostic::RETURN_OUTSIDE_RETURN,
+                        span,
+                        "`$return` is only known in `.return` probes",
+                    )
+                    .label("no return value here")
+                    .help("probe process(\"path\").function(\"name\").return"),
+                );
+            }
+            // No debuginfo: the raw return register, as a signed 64-bit value.
+            let b = self.b();
+            b.load(8, false, reg(depth), CTX, ctx_offset(x86_64::RETURN_SLOT));
+            return Ok(Val::Scalar(crate::types::I64));
+        }
         if name == "return" {
             return self.return_value(span, depth);
         }
         match &self.site.kind {
+            SiteKind::User { args, .. } => {
+                let args = args.clone();
+                let Some(arg) = args.iter().find(|arg| arg.name == name) else {
+                    let names: Vec<&str> = args.iter().map(|arg| arg.name.as_str()).collect();
+                    let description = self.site.description.clone();
+                    return self.unknown_variable(name, span, &names, &description);
+                };
+                let bytes = arg.size.unsigned_abs();
+                if !matches!(bytes, 1 | 2 | 4 | 8) {
+                    return self.fail(
+                        Diagnostic::error(
+                            diagnostic::UNSUPPORTED_TYPE,
+                            span,
+                            format!("`${name}` has {bytes} bytes, which cannot be read"),
+                        )
+                        .label("marker arguments of 1, 2, 4 or 8 bytes only"),
+                    );
+                }
+                let ty = Type::Int {
+                    bytes,
+                    signed: arg.size < 0,
+                };
+                let b = self.b();
+                b.load(8, false, reg(depth), CTX, ctx_offset(arg.slot));
+                narrow_to(b, &ty, reg(depth));
+                Ok(Val::Scalar(ty))
+            }
             SiteKind::Timer { .. } => self.fail(
                 Diagnostic::error(
                     diagnostic::NO_CONTEXT,
@@ -1425,7 +1512,15 @@ impl Lowerer<'_, '_> {
     }
 
     fn entry(&mut self, inner: &Expr, span: Span, depth: usize) -> R<Val> {
-        if !matches!(self.site.kind, SiteKind::Return { .. }) || self.in_entry {
+        let return_site = matches!(
+            self.site.kind,
+            SiteKind::Return { .. }
+                | SiteKind::User {
+                    is_return: true,
+                    ..
+                }
+        );
+        if !return_site || self.in_entry {
             let nested = self.in_entry;
             return self.fail(
                 Diagnostic::error(
@@ -1606,6 +1701,7 @@ impl Lowerer<'_, '_> {
     fn site_has_variable(&mut self, name: &str) -> bool {
         match &self.site.kind {
             SiteKind::Marker(marker) => marker.args.iter().any(|arg| arg.name == name),
+            SiteKind::User { args, .. } => args.iter().any(|arg| arg.name == name),
             SiteKind::Code { .. } | SiteKind::Return { .. } => {
                 let saved = self.in_entry;
                 self.in_entry = matches!(self.site.kind, SiteKind::Return { .. });
@@ -1742,12 +1838,17 @@ impl Lowerer<'_, '_> {
                         }
                         let size = limit.unwrap_or(self.cx.options.string_size);
                         let slot = self.temp(size, span)?;
+                        let read = if matches!(self.site.kind, SiteKind::User { .. }) {
+                            Helper::ReadUserStr
+                        } else {
+                            Helper::ReadKernelStr
+                        };
                         let b = self.b();
                         b.zero(slot.offset, u16::from(slot.words));
                         b.stack_pointer(1, slot.offset);
                         b.mov_imm(2, i64::from(size));
                         b.mov_reg(3, reg(depth));
-                        b.call(Helper::ReadKernelStr);
+                        b.call(read);
                         Ok(Val::Buf {
                             slot,
                             ty: Type::Str(size),
@@ -3250,6 +3351,7 @@ impl Lowerer<'_, '_> {
                 );
             }
             SiteKind::Marker(marker) => marker.args.iter().map(|arg| arg.name.clone()).collect(),
+            SiteKind::User { args, .. } => args.iter().map(|arg| arg.name.clone()).collect(),
             SiteKind::Code { .. } | SiteKind::Return { .. } => {
                 let variables = if self.in_entry || matches!(self.site.kind, SiteKind::Code { .. })
                 {

@@ -375,6 +375,42 @@ pub struct ResolveError {
     pub message: String,
 }
 
+/// What a user-space probe point names in its ELF file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserTarget {
+    /// `process("path").function("name")`: a function by its symbol.
+    Function(String),
+    /// `process("path").mark("provider:name")`: a USDT marker (`.note.stapsdt`).
+    Mark {
+        /// The provider.
+        provider: String,
+        /// The marker's name.
+        name: String,
+    },
+}
+
+/// One argument of a USDT marker, held in a register at the marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserArg {
+    /// Its name in scripts (`arg1`, `arg2`, …).
+    pub name: String,
+    /// The context slot (DWARF register number) holding it.
+    pub slot: usize,
+    /// Its size in bytes, negative when signed.
+    pub size: i8,
+}
+
+/// Where a user-space probe point fires, as `Site::User` needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSite {
+    /// The instruction's offset in the file.
+    pub file_offset: u64,
+    /// The file offset of the marker's semaphore, 0 for none.
+    pub ref_ctr_offset: u64,
+    /// The marker's arguments (none for functions).
+    pub args: Vec<UserArg>,
+}
+
 /// What the compiler asks about the traced kernel.
 ///
 /// Every method is a question with an owned answer; none has side effects.
@@ -412,6 +448,15 @@ pub trait Resolver {
     fn candidates(&self, kind: NameKind) -> Vec<String> {
         let _ = kind;
         Vec::new()
+    }
+
+    /// Where `target` is in the user-space ELF file at `path` (PROTOCOL.md §8.8).
+    /// The default, for resolvers without access to user files, refuses.
+    fn user_site(&self, path: &str, target: &UserTarget) -> Result<UserSite, ResolveError> {
+        let _ = (path, target);
+        Err(ResolveError {
+            message: "this client cannot resolve user-space probe points".to_string(),
+        })
     }
 }
 

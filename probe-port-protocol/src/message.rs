@@ -43,6 +43,8 @@ pub const MAX_MARKER_ARGS: usize = 8;
 pub const MAX_DETAIL_TEXT: usize = 96;
 /// Most bytes one `ReadMemory` request may ask for.
 pub const MAX_READ_MEMORY: u16 = 1024;
+/// Longest file path of a user-space site, in bytes.
+pub const MAX_PATH: usize = 256;
 
 /// A probe's number, assigned by the stub when it arms the probe.
 #[derive(
@@ -189,6 +191,24 @@ pub enum Site<'a> {
         period_ns: u64,
         /// On one CPU, or on every CPU (profiling).
         scope: TimerScope,
+    },
+    /// 4. An instruction of a user-space executable or library, in every process
+    ///    that maps it (Linux: a uprobe). Needs [`Capabilities::USER`].
+    User {
+        /// Absolute path of the ELF file (at most [`MAX_PATH`] bytes).
+        path: &'a str,
+        /// Offset of the instruction in the file (not its virtual address: the
+        /// client maps the address through the `PT_LOAD` segment that holds it).
+        file_offset: u64,
+        /// Fire when the function starting at `file_offset` returns instead.
+        is_return: bool,
+        /// File offset of a USDT semaphore (a 16-bit counter the kernel increments
+        /// while the probe is armed), or 0 for none.
+        ref_ctr_offset: u64,
+        /// With `is_return`: runs at the function's entry and may save up to
+        /// `context::ENTRY_SLOTS` values with `entry_save` for the return program;
+        /// empty for none (and always empty without `is_return`).
+        entry_program: &'a [u8],
     },
 }
 
@@ -338,8 +358,10 @@ impl Capabilities {
     pub const READ_USER: u32 = 1 << 5;
     /// The `stack_trace` helper.
     pub const STACK_TRACE: u32 = 1 << 6;
+    /// `Site::User` (user-space instructions and USDT markers).
+    pub const USER: u32 = 1 << 7;
     /// The `Jump` request: dynamic probes entered by a jump.
-    pub const JUMP: u32 = 1 << 7;
+    pub const JUMP: u32 = 1 << 8;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {
@@ -349,7 +371,7 @@ impl Capabilities {
 
 impl fmt::Debug for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 8] = [
+        const NAMES: [(u32, &str); 9] = [
             (Capabilities::DYNAMIC, "dynamic"),
             (Capabilities::RETURN, "return"),
             (Capabilities::MARKER, "marker"),
@@ -357,6 +379,7 @@ impl fmt::Debug for Capabilities {
             (Capabilities::PROFILE, "profile"),
             (Capabilities::READ_USER, "read-user"),
             (Capabilities::STACK_TRACE, "stack-trace"),
+            (Capabilities::USER, "user"),
             (Capabilities::JUMP, "jump"),
         ];
         let mut list = f.debug_set();
@@ -632,6 +655,19 @@ impl Request<'_> {
                     }
                     Site::Marker { .. } => Ok(()),
                     Site::Timer { period_ns, .. } => check(*period_ns > 0, "period_ns"),
+                    Site::User {
+                        path,
+                        is_return,
+                        entry_program,
+                        ..
+                    } => {
+                        check((1..=MAX_PATH).contains(&path.len()), "path")?;
+                        check(
+                            entry_program.len().is_multiple_of(crate::isa::INSN_SIZE)
+                                && (*is_return || entry_program.is_empty()),
+                            "entry_program",
+                        )
+                    }
                 }
             }
             RequestBody::ReadMemory { len, .. } => {

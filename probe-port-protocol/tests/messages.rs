@@ -60,6 +60,22 @@ fn site() -> impl Strategy<Value = Site<'static>> {
             prop_oneof![Just(TimerScope::OneCpu), Just(TimerScope::EachCpu)]
         )
             .prop_map(|(period_ns, scope)| Site::Timer { period_ns, scope }),
+        (
+            text(256),
+            any::<u64>(),
+            any::<bool>(),
+            any::<u64>(),
+            bytes(64)
+        )
+            .prop_map(
+                |(path, file_offset, is_return, ref_ctr_offset, entry_program)| Site::User {
+                    path,
+                    file_offset,
+                    is_return,
+                    ref_ctr_offset,
+                    entry_program,
+                }
+            ),
     ]
 }
 
@@ -547,5 +563,63 @@ fn bounds_are_validated() {
         ))
         .validate(),
         Err(InvalidRequest { field: "period_ns" })
+    );
+    let user = |path| Site::User {
+        path,
+        file_offset: 0x1139,
+        is_return: false,
+        ref_ctr_offset: 0,
+        entry_program: &[],
+    };
+    assert_eq!(
+        request(arm(user(""), &[])).validate(),
+        Err(InvalidRequest { field: "path" })
+    );
+    let long: &'static str = Box::leak("/".repeat(MAX_PATH + 1).into_boxed_str());
+    assert_eq!(
+        request(arm(user(long), &[])).validate(),
+        Err(InvalidRequest { field: "path" })
+    );
+    assert_eq!(request(arm(user("/bin/true"), &[])).validate(), Ok(()));
+    let entry_without_return = Site::User {
+        path: "/bin/true",
+        file_offset: 0x1139,
+        is_return: false,
+        ref_ctr_offset: 0,
+        entry_program: &[0; 8],
+    };
+    assert_eq!(
+        request(arm(entry_without_return, &[])).validate(),
+        Err(InvalidRequest {
+            field: "entry_program"
+        })
+    );
+}
+
+#[test]
+fn user_sites_have_a_fixed_encoding() {
+    let site = Site::User {
+        path: "/t",
+        file_offset: 0x1139,
+        is_return: true,
+        ref_ctr_offset: 0x4010,
+        entry_program: &[0x95, 0, 0, 0, 0, 0, 0, 0],
+    };
+    let bytes = postcard::to_allocvec(&site).unwrap();
+    // Variant 4, the path (length then bytes), the offset as a varint, the bool,
+    // the semaphore offset as a varint, the entry program (length then bytes).
+    assert_eq!(
+        bytes,
+        [
+            4, 2, b'/', b't', 0xb9, 0x22, 1, 0x90, 0x80, 0x01, 8, 0x95, 0, 0, 0, 0, 0, 0, 0
+        ]
+    );
+    assert_eq!(postcard::from_bytes::<Site<'_>>(&bytes).unwrap(), site);
+    assert_eq!(
+        format!(
+            "{:?}",
+            Capabilities(Capabilities::USER | Capabilities::MARKER)
+        ),
+        r#"{"marker", "user"}"#
     );
 }

@@ -15,6 +15,8 @@
 //!   one reply per request, events kept in order).
 //! - [`target`]: where the port is (`Target`): a Unix socket, a serial device, a
 //!   recorded session, the demo kernel under QEMU.
+//! - [`uprobe`]: user-space sites for the Linux adapter: ELF file offsets of
+//!   functions (through the `PT_LOAD` headers) and USDT markers with semaphores.
 //! - [`record`]: recording a session's messages and playing them back.
 //! - [`session`]: the session itself (handshake, build-id, markers, compile, maps,
 //!   arming, events, `end`, the loss and fault summary) and its text/JSON output.
@@ -27,3 +29,4 @@ pub mod resolve;
 pub mod script;
 pub mod session;
 pub mod target;
+pub mod uprobe;

@@ -31,6 +31,7 @@ Examples:
   probeport run --demo -e 'probe kernel.function(\"demo_kernel::vm::fault\") { @faults[$address >> 12] = count(); }' -d 2
   probeport run --demo trace.probe --format json -o trace.jsonl
   probeport run --kernel vmlinux --port unix:/run/probeport.sock trace.probe
+  probeport run --port unix:/run/probeport.sock -e 'probe process(\"/usr/bin/bash\").function(\"readline\") { @n = count(); }' -d 5
   probeport run --kernel demo-kernel --port serial:/dev/ttyS1 --record session.rec trace.probe
   probeport run --kernel demo-kernel --replay session.rec trace.probe
   probeport check --kernel gnumach-dbg -e 'probe kernel.function(\"ipc_kmsg_get\") { printf(\"%d\\n\", $size); }' --dump
@@ -103,7 +104,9 @@ struct RunArgs {
     #[command(flatten)]
     script: ScriptArgs,
     /// The kernel image with DWARF (`gnumach-dbg`: Debian's GNU Mach debug image);
-    /// with `--demo`, the demo kernel built for it by default.
+    /// with `--demo`, the demo kernel built for it by default. Without it (and with
+    /// `--port`), only user-space `process(...)` points can be used (the Linux
+    /// adapter, `probeport-linuxd`).
     #[arg(long, short = 'k')]
     kernel: Option<String>,
     /// An existing probe port: `unix:PATH` (a socket) or `serial:DEVICE`.
@@ -283,16 +286,39 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
             .context("cannot build the demo kernel")?
             .display()
             .to_string(),
+        (None, false) if args.port.is_some() || args.replay.is_some() => String::new(),
         (None, false) => return Err(usage("--kernel is needed (the image the kernel runs)")),
     };
-    let kernel = open_kernel(&kernel_name)?;
+    // Without --kernel, only user-space points can be resolved (the Linux adapter).
+    let kernel = if kernel_name.is_empty() {
+        None
+    } else {
+        Some(open_kernel(&kernel_name)?)
+    };
     // With the image's marker table, compile once before connecting (or booting the
     // demo kernel), so a script with errors fails at once; the session compiles
     // again against the running kernel's table, which must equal this one.
-    let image_markers = image_markers(&kernel)?;
-    if let Some(markers) = &image_markers {
+    let image_markers = match &kernel {
+        Some(kernel) => image_markers(kernel)?,
+        None => None,
+    };
+    if kernel.is_none() {
+        let checked = script::check_user_space(&sources, &CompileOptions::default());
+        if checked.failed {
+            eprint!("{}", checked.rendered);
+            return Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!(
+                    "the script has errors (without --kernel, only user-space process(...) \
+                     points can be resolved)"
+                ),
+                quiet: false,
+            });
+        }
+    }
+    if let (Some(markers), Some(kernel)) = (&image_markers, &kernel) {
         let checked = script::check(
-            &kernel,
+            kernel,
             markers.clone(),
             &sources,
             &CompileOptions::default(),
@@ -309,7 +335,10 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
     let mut target: Box<dyn Target> = if args.demo {
         let timeout = duration.unwrap_or(Duration::from_secs(24 * 3600)) + Duration::from_secs(120);
         Box::new(target::DemoKernel::new(
-            kernel.path().to_path_buf(),
+            kernel
+                .as_ref()
+                .map(|kernel| kernel.path().to_path_buf())
+                .unwrap_or_default(),
             timeout,
         ))
     } else if let Some(replay) = &args.replay {
@@ -383,7 +412,11 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         image_markers,
         ..SessionOptions::default()
     };
-    match session::run(&mut port, &kernel, &sources, &options, &mut output, &stop) {
+    let outcome = match &kernel {
+        Some(kernel) => session::run(&mut port, kernel, &sources, &options, &mut output, &stop),
+        None => session::run_user_space(&mut port, &sources, &options, &mut output, &stop),
+    };
+    match outcome {
         Ok(summary) if summary.is_consistent() => Ok(()),
         Ok(_) => Err(anyhow::anyhow!("some events are unaccounted for (see above)").into()),
         Err(SessionError::Compile { rendered }) => {

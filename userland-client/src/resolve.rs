@@ -462,6 +462,14 @@ impl Resolver for DwarfResolver<'_> {
         })
     }
 
+    fn user_site(
+        &self,
+        path: &str,
+        target: &lang::resolver::UserTarget,
+    ) -> Result<lang::resolver::UserSite, ResolveError> {
+        crate::uprobe::user_site(path, target)
+    }
+
     fn candidates(&self, kind: NameKind) -> Vec<String> {
         match kind {
             NameKind::Function => {

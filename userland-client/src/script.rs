@@ -78,6 +78,17 @@ pub fn check(
     }
 }
 
+/// Compiles `sources` with no kernel debuginfo: only user-space (`process(...)`)
+/// points resolve, in the traced files themselves.
+pub fn check_user_space(sources: &Sources, options: &CompileOptions) -> Checked {
+    let (script, diagnostics) = compile(sources, &crate::uprobe::UserResolver, options);
+    Checked {
+        failed: diagnostics.iter().any(Diagnostic::is_error),
+        rendered: render(sources, &diagnostics),
+        script,
+    }
+}
+
 /// One line per probe and a total: what `probeport check` prints on success.
 pub fn summary(script: &CompiledScript) -> String {
     let mut text = String::new();

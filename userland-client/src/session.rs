@@ -309,7 +309,8 @@ struct Armed {
 
 struct Session<'a, 'w, S> {
     port: &'a mut Port<S>,
-    kernel: &'a Kernel,
+    /// The kernel's debuginfo; `None` for scripts of user-space points only.
+    kernel: Option<&'a Kernel>,
     output: &'a mut Output<'w>,
     last_request: Instant,
     cpu_count: u16,
@@ -352,11 +353,11 @@ fn marker_difference(image: &[Marker], running: &[Marker]) -> Option<String> {
 
 /// `function+0xoff` for code, `marker NAME` for a marker's site (what `probefunc`
 /// holds at a marker).
-fn symbolize(kernel: &Kernel, markers: &[(u64, String)], address: u64) -> Option<String> {
+fn symbolize(kernel: Option<&Kernel>, markers: &[(u64, String)], address: u64) -> Option<String> {
     if let Some((_, name)) = markers.iter().find(|(site, _)| *site == address) {
         return Some(format!("marker {name}"));
     }
-    kernel
+    kernel?
         .symbolize(address)
         .map(|symbol| format!("{}+{:#x}", symbol.function, symbol.offset))
 }
@@ -366,6 +367,31 @@ fn symbolize(kernel: &Kernel, markers: &[(u64, String)], address: u64) -> Option
 pub fn run<S: TimedRead>(
     port: &mut Port<S>,
     kernel: &Kernel,
+    sources: &Sources,
+    options: &SessionOptions,
+    output: &mut Output<'_>,
+    stop: &AtomicBool,
+) -> Result<Summary, SessionError> {
+    run_with(port, Some(kernel), sources, options, output, stop)
+}
+
+/// [`run`] without the kernel's debuginfo, for scripts whose points are all in user
+/// space (`process(...)`, served by the Linux adapter): names are resolved in the
+/// traced files themselves ([`crate::uprobe::UserResolver`]), no build-id is
+/// checked and addresses are not symbolised.
+pub fn run_user_space<S: TimedRead>(
+    port: &mut Port<S>,
+    sources: &Sources,
+    options: &SessionOptions,
+    output: &mut Output<'_>,
+    stop: &AtomicBool,
+) -> Result<Summary, SessionError> {
+    run_with(port, None, sources, options, output, stop)
+}
+
+fn run_with<S: TimedRead>(
+    port: &mut Port<S>,
+    kernel: Option<&Kernel>,
     sources: &Sources,
     options: &SessionOptions,
     output: &mut Output<'_>,
@@ -419,8 +445,10 @@ impl<S: TimedRead> Session<'_, '_, S> {
             };
         self.cpu_count = cpu_count.max(1);
         self.jumps = capabilities.has(Capabilities::JUMP);
-        if !build_id.is_empty() {
-            self.kernel.check_build_id(&build_id)?;
+        if let Some(kernel) = self.kernel
+            && !build_id.is_empty()
+        {
+            kernel.check_build_id(&build_id)?;
         }
 
         // The kernel's markers, then the script.
@@ -430,10 +458,16 @@ impl<S: TimedRead> Session<'_, '_, S> {
         {
             return Err(SessionError::MarkerMismatch(difference));
         }
-        let resolver = DwarfResolver::new(self.kernel, markers);
         let mut compile_options = options.compile.clone();
         compile_options.max_insns = compile_options.max_insns.min(max_insns as usize);
-        let (compiled, diagnostics) = compile(sources, &resolver, &compile_options);
+        let (compiled, diagnostics) = match self.kernel {
+            Some(kernel) => compile(
+                sources,
+                &DwarfResolver::new(kernel, markers),
+                &compile_options,
+            ),
+            None => compile(sources, &crate::uprobe::UserResolver, &compile_options),
+        };
         let warnings: Vec<Diagnostic> = diagnostics
             .iter()
             .filter(|diagnostic| !diagnostic.is_error())
@@ -669,7 +703,10 @@ impl<S: TimedRead> Session<'_, '_, S> {
     /// function's code leaves room (`resolve::jump_window`). A refusal only means
     /// the probe keeps its breakpoint: it is not an error.
     fn jump(&mut self, probe: ProbeId, address: u64) -> Result<(), SessionError> {
-        let window = crate::resolve::jump_window(self.kernel, address);
+        let Some(kernel) = self.kernel else {
+            return Ok(());
+        };
+        let window = crate::resolve::jump_window(kernel, address);
         if self.jumps && window >= 5 {
             self.request(RequestBody::Jump { probe, window })?;
         }

@@ -177,13 +177,6 @@ fn usage_errors_exit_2() {
             "run",
             "-e",
             "probe begin { exit(); }",
-            "--port",
-            "unix:/nonexistent",
-        ],
-        &[
-            "run",
-            "-e",
-            "probe begin { exit(); }",
             "--kernel",
             demo(),
             "--replay",
@@ -211,6 +204,35 @@ fn usage_errors_exit_2() {
         "unix:/nonexistent",
     ]);
     assert_eq!(output.status.code(), Some(1));
+    // Without --kernel only user-space points resolve: a kernel point is an error
+    // that says so, before anything connects.
+    let output = probeport(&[
+        "run",
+        "-e",
+        "probe kernel.function(\"port_send\") { exit(); }",
+        "--port",
+        "unix:/nonexistent",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("only user-space process(...) points"),
+        "{}",
+        text(&output.stderr)
+    );
+    // A user-space script without --kernel gets as far as the port.
+    let output = probeport(&[
+        "run",
+        "-e",
+        "probe begin { exit(); }",
+        "--port",
+        "unix:/nonexistent",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("cannot open the probe port"),
+        "{}",
+        text(&output.stderr)
+    );
     let output = probeport(&["--help"]);
     assert_eq!(output.status.code(), Some(0));
     assert!(text(&output.stdout).contains("Exit status: 0 success; 1 an error"));

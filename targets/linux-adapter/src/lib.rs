@@ -1,0 +1,31 @@
+//! The Linux adapter: the probe port served by a daemon with Linux's own tracing
+//! mechanisms, no kernel module.
+//!
+//! # Design
+//!
+//! ```text
+//! client ──port (Unix socket)──▶ server ──▶ session ──translate──▶ BPF program ──bpf()──▶ kernel
+//!                                                    uprobe PMU ◀──perf_event_open──┘
+//! client ◀── Event / Lost ◀── session::drain ◀── BPF ring buffer ◀── programs
+//! ```
+//!
+//! - [`server`]: the root-only socket, peer credentials, one client at a time,
+//!   lease and end-of-stream handling.
+//! - [`session`]: one handler per request, as the demo stub answers them; owns
+//!   every kernel object of the session, so ending it closes them all.
+//! - [`translate`]: our verified handler programs into Linux BPF (pure, tested on
+//!   the host without privileges).
+//! - [`sys`]: `bpf()`, `perf_event_open()` and the ring buffer's pages.
+//!
+//! # Invariants
+//!
+//! - A program reaches the kernel only after our own verifier accepted it and the
+//!   translator produced an exact equivalent; anything else is refused with an
+//!   error code and a reason.
+//! - Every kernel object is an owned descriptor of the session; nothing outlives
+//!   the client's session.
+
+pub mod server;
+pub mod session;
+pub mod sys;
+pub mod translate;
