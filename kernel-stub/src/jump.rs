@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! pushfq                        ; the flags, before anything changes them
+//! cld                           ; the ABI's direction flag for the Rust code
 //! lea rsp, [rsp - S]            ; S = size_of::<TrapRegisters>()
 //! mov [rsp + regs + 8*n], reg   ; every register but rsp, by DWARF number n
 //! lea rax, [rsp + S + 8]        ; the probed code's rsp
@@ -164,7 +165,7 @@ pub(crate) fn build(
         len: 0,
         overflowed: false,
     };
-    out.push(&[0x9c]); // pushfq
+    out.push(&[0x9c, 0xfc]); // pushfq; cld (popfq restores the direction flag)
     out.lea_rsp(4, -(FRAME as i32)); // lea rsp, [rsp - FRAME]
     for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
         if dwarf != RSP {

@@ -321,9 +321,9 @@ fn first_fit(used: &mut [(u32, u32)], len: usize, capacity: usize, align: usize)
     (capacity.saturating_sub(cursor) >= len).then_some(cursor)
 }
 
-/// Whether `address` lies inside a planned jump's window (but for its first byte).
-fn inside_jump(sites: &[SiteRecord], address: u64) -> bool {
-    sites.iter().any(|site| {
+/// The site whose planned jump's window holds `address` (but for its first byte).
+fn inside_jump(sites: &[SiteRecord], address: u64) -> Option<usize> {
+    sites.iter().position(|site| {
         site.jump.planned()
             && address > site.address
             && address < site.address + u64::from(site.jump.covered)
@@ -721,8 +721,13 @@ impl<P: Platform> Stub<P> {
         if slot_count == 0 || (is_return && self.trampoline.load(Ordering::Acquire) == 0) {
             return Err(refuse(ErrorCode::UNSUPPORTED));
         }
-        if self.forbidden(address) || inside_jump(&session.sites, address) {
+        if self.forbidden(address) {
             return Err(refuse_address(ErrorCode::FORBIDDEN_ADDRESS, address));
+        }
+        // A probe inside a jump's window: that site goes back to its breakpoint.
+        if let Some(site) = inside_jump(&session.sites, address) {
+            self.drop_jump(session, site)
+                .map_err(|address| refuse_address(ErrorCode::UNSUPPORTED, address))?;
         }
         let existing = self.sites.find(address);
         if let Some(index) = existing {
@@ -1260,6 +1265,11 @@ impl<P: Platform> Stub<P> {
         let covered = self
             .build_detour(address, code, window, slot_address(fresh))?
             .covered;
+        if jump::jump(address, slot_address(fresh)).is_none()
+            || (1..covered as u64).any(|other| self.forbidden(address + other))
+        {
+            return Err(refuse(ErrorCode::UNSUPPORTED));
+        }
         for other in 1..covered as u64 {
             if let Some(index) = self.sites.find(address + other) {
                 let site = self.sites.entry(index);
@@ -1378,11 +1388,11 @@ impl<P: Platform> Stub<P> {
         let Some(bytes) = jump::jump(address, record.jump.detour) else {
             return;
         };
-        let slot = self.sites.entry(site).data().slot_address();
-        let avoid = [
-            address + 1..address + u64::from(record.jump.covered),
-            slot..slot + if slot == 0 { 0 } else { SLOT_SIZE as u64 },
-        ];
+        // Nothing may resume inside the window, nor anywhere in the out-of-line
+        // area: a slot or detour of any site, this one's or an earlier one's (slots
+        // outlive their probes), may jump back into the window.
+        let area = self.platform.out_of_line_area();
+        let avoid = [address + 1..address + u64::from(record.jump.covered), area];
         for _ in 0..JUMP_ATTEMPTS {
             match self
                 .platform

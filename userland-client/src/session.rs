@@ -670,6 +670,10 @@ impl<S: TimedRead> Session<'_, '_, S> {
     fn arm(&mut self, script: &CompiledScript) -> Result<Vec<Armed>, SessionError> {
         let mut armed = Vec::new();
         let mut refused = Vec::new();
+        // Every address a site of the script probes (dynamic, return), for the
+        // jump windows.
+        let mut probed = Vec::new();
+        let mut dynamic = Vec::new();
         for probe in &script.probes {
             for attachment in &probe.attachments {
                 let program = attachment.program_bytes();
@@ -682,8 +686,15 @@ impl<S: TimedRead> Session<'_, '_, S> {
                 let description = format!("{} at {}", probe.name, attachment.description);
                 match reply.get() {
                     Ok(ReplyBody::Armed { probe }) => {
-                        if let lang::compiled::SiteSpec::Dynamic { address, .. } = attachment.site {
-                            self.jump(probe, address)?;
+                        match attachment.site {
+                            lang::compiled::SiteSpec::Dynamic { address, .. } => {
+                                dynamic.push((probe, address));
+                                probed.push(address);
+                            }
+                            lang::compiled::SiteSpec::Return { address, .. } => {
+                                probed.push(address)
+                            }
+                            _ => {}
                         }
                         armed.push(Armed { probe, description })
                     }
@@ -692,21 +703,35 @@ impl<S: TimedRead> Session<'_, '_, S> {
                 }
             }
         }
-        if refused.is_empty() {
-            Ok(armed)
-        } else {
-            Err(SessionError::Refused(refused))
+        if !refused.is_empty() {
+            return Err(SessionError::Refused(refused));
         }
+        // Then jumps, once every site is known: a window stops short of the next
+        // probed address (a jump over it would go back to a breakpoint), and a
+        // return probe's address takes none.
+        for (probe, address) in dynamic {
+            if probed.iter().filter(|&&other| other == address).count() > 1 {
+                continue;
+            }
+            let next = probed
+                .iter()
+                .filter(|&&other| other > address)
+                .map(|&other| other - address)
+                .min()
+                .unwrap_or(u64::MAX);
+            self.jump(probe, address, next)?;
+        }
+        Ok(armed)
     }
 
     /// Asks the stub to enter a dynamic probe by a jump, when it can and the
-    /// function's code leaves room (`resolve::jump_window`). A refusal only means
-    /// the probe keeps its breakpoint: it is not an error.
-    fn jump(&mut self, probe: ProbeId, address: u64) -> Result<(), SessionError> {
+    /// function's code leaves room (`resolve::jump_window`, at most `limit` bytes).
+    /// A refusal only means the probe keeps its breakpoint: it is not an error.
+    fn jump(&mut self, probe: ProbeId, address: u64, limit: u64) -> Result<(), SessionError> {
         let Some(kernel) = self.kernel else {
             return Ok(());
         };
-        let window = crate::resolve::jump_window(kernel, address);
+        let window = u64::from(crate::resolve::jump_window(kernel, address)).min(limit) as u8;
         if self.jumps && window >= 5 {
             self.request(RequestBody::Jump { probe, window })?;
         }

@@ -477,7 +477,7 @@ fn write_text_stopped(avoid: &[Range<u64>], writes: &[(u64, &[u8])]) -> Result<b
                 }
             }
         }
-        RELEASED_GENERATION.store(generation, Ordering::SeqCst);
+        RELEASED_GENERATION.fetch_max(generation, Ordering::SeqCst);
         serialize();
         write
     }))

@@ -577,7 +577,9 @@ pub(crate) fn interrupt_done(thread: Option<&'static Thread>) {
 /// address inside one of `ranges`. Meaningful while every other CPU is held (the
 /// probe platform's stopped writes): then no record changes.
 pub(crate) fn any_resumes_in(ranges: &[core::ops::Range<u64>]) -> bool {
-    threads().any(|thread| {
+    // Every published slot: a slot claimed but not yet published may sit between
+    // published ones (`threads` stops at the first gap).
+    (0..MAX_THREADS).filter_map(published).any(|thread| {
         let depth = thread
             .interrupt_depth
             .load(Ordering::SeqCst)
