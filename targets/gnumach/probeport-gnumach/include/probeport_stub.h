@@ -103,6 +103,11 @@ extern const unsigned char *probeport_md_build_id(size_t *length);
 extern void probeport_md_forbidden_text(uint64_t *start, uint64_t *end);
 /* Probe context: asks the drainer thread to run soon, without blocking.  */
 extern void probeport_md_wake_server(void);
+/* Kernel memory for the stub's one allocation (iced-x86's decoder tables,
+   built at the first Arm, in the session; never in probe context).  Returns
+   NULL if there is none.  */
+extern void *probeport_md_alloc(size_t size);
+extern void probeport_md_free(void *pointer, size_t size);
 /* A panic in the stub.  Does not return.  */
 extern void probeport_md_panic(const unsigned char *message, size_t length)
 	__attribute__ ((noreturn));

@@ -28,7 +28,8 @@
 //! # Invariants
 //!
 //! - Every function here that probe context calls is in `.text.probeport`.
-//! - Nothing here allocates; a panic is a kernel panic (`probeport_md_panic`).
+//! - The only allocation is iced-x86's decoder tables, once, in the session
+//!   (see [`KernelAllocator`]); a panic is a kernel panic (`probeport_md_panic`).
 //! - `probeport_stub_init` runs once, before the breakpoint hook can reach the stub.
 #![cfg_attr(target_os = "none", no_std)]
 
@@ -94,6 +95,10 @@ unsafe extern "C" {
     fn probeport_md_build_id(length: *mut usize) -> *const u8;
     fn probeport_md_forbidden_text(start: *mut u64, end: *mut u64);
     fn probeport_md_wake_server();
+    #[cfg(target_os = "none")]
+    fn probeport_md_alloc(size: usize) -> *mut u8;
+    #[cfg(target_os = "none")]
+    fn probeport_md_free(pointer: *mut u8, size: usize);
     #[cfg(target_os = "none")]
     fn probeport_md_panic(message: *const u8, length: usize) -> !;
 }
@@ -406,27 +411,60 @@ unsafe fn bytes<'a>(pointer: *const u8, length: usize) -> &'a [u8] {
     }
 }
 
-/// The stub never allocates, but `iced-x86` links `alloc` in `no_std` builds, so
-/// the archive needs a global allocator: this one refuses every request, which
-/// makes any allocation a loud kernel panic instead of a hidden dependency on
-/// GNU Mach's `kalloc` (not callable in probe context).
+/// The stub's tables are all static, but `iced-x86` builds its decoder tables on
+/// the heap, once, the first time anything is decoded: at the first `Arm`, in the
+/// session (measured on GNU Mach: `iced_x86::decoder::table_de::read_legacy`
+/// under `kernel_stub::arch::x86_64::prepare`). Later decodes reuse them, so
+/// probe context never allocates. This allocator forwards to the kernel
+/// (`probeport_md_alloc`, GNU Mach's `kalloc`), which takes a size only: the
+/// block is over-allocated for the alignment, and a 16-byte header below the
+/// aligned address keeps the block's start and total size for `dealloc`.
 #[cfg(target_os = "none")]
-struct RefuseAllocations;
+struct KernelAllocator;
 
 #[cfg(target_os = "none")]
-// SAFETY: returning null is always a correct answer for `alloc`; `dealloc` is
-// never reached because nothing is ever allocated.
-unsafe impl core::alloc::GlobalAlloc for RefuseAllocations {
-    unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
-        core::ptr::null_mut()
+const HEADER: usize = 16;
+
+#[cfg(target_os = "none")]
+// SAFETY: every block handed out lies inside a block of `total` bytes from the
+// kernel, at an address aligned as asked, with `layout.size()` bytes after it;
+// `dealloc` returns exactly that block, found through the header.
+unsafe impl core::alloc::GlobalAlloc for KernelAllocator {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        let align = layout.align().max(HEADER);
+        let Some(total) = layout.size().checked_add(align + HEADER) else {
+            return core::ptr::null_mut();
+        };
+        // SAFETY: a plain call of the glue; null means no memory.
+        let start = unsafe { probeport_md_alloc(total) };
+        if start.is_null() {
+            return core::ptr::null_mut();
+        }
+        let aligned = (start as usize + HEADER).next_multiple_of(align);
+        let block = aligned as *mut usize;
+        // SAFETY: `aligned - HEADER >= start` and the header's two words lie
+        // inside the block; `aligned` is at least 16-byte aligned.
+        unsafe {
+            block.sub(2).write(start as usize);
+            block.sub(1).write(total);
+        }
+        aligned as *mut u8
     }
 
-    unsafe fn dealloc(&self, _pointer: *mut u8, _layout: core::alloc::Layout) {}
+    unsafe fn dealloc(&self, pointer: *mut u8, _layout: core::alloc::Layout) {
+        let block = pointer as *mut usize;
+        // SAFETY: `pointer` came from `alloc`, which wrote the header.
+        unsafe {
+            let start = block.sub(2).read();
+            let total = block.sub(1).read();
+            probeport_md_free(start as *mut u8, total);
+        }
+    }
 }
 
 #[cfg(target_os = "none")]
 #[global_allocator]
-static ALLOCATOR: RefuseAllocations = RefuseAllocations;
+static ALLOCATOR: KernelAllocator = KernelAllocator;
 
 /// A panic in the stub is a kernel panic; the message is the panic's location.
 #[cfg(target_os = "none")]
