@@ -29,7 +29,7 @@
 //!
 //! - Every function here that probe context calls is in `.text.probeport`.
 //! - The only allocation is iced-x86's decoder tables, once, in the session
-//!   (see [`KernelAllocator`]); a panic is a kernel panic (`probeport_md_panic`).
+//!   (see `KernelAllocator`); a panic is a kernel panic (`probeport_md_panic`).
 //! - `probeport_stub_init` runs once, before the breakpoint hook can reach the stub.
 #![cfg_attr(target_os = "none", no_std)]
 
