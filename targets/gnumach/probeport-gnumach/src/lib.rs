@@ -21,9 +21,10 @@
 //! routine's reply or an event for the registered consumer.
 //!
 //! The out-of-line area (64 KiB of `int3`) is defined here, in section
-//! `.text.probeport_slots`; GNU Mach's linker script gathers `.text.probeport*`
-//! between `__probeport_forbidden_start` and `__probeport_forbidden_end`, which
-//! the C glue reports as forbidden text together with its own trap path.
+//! `.text.probeport_slots`. GNU Mach's linker script gathers the stub's
+//! `.text.probeport` and the glue's trap path between `__probeport_forbidden_start`
+//! and `__probeport_forbidden_end`, which the glue reports as the forbidden text
+//! (the stub refuses its out-of-line area by itself).
 //!
 //! # Invariants
 //!
@@ -304,9 +305,10 @@ pub unsafe extern "C" fn probeport_stub_timer(regs: *const ProbeportTrapRegs) {
 
 /// Encodes `message` and hands it to `out`.
 fn send(out: ProbeportOut, cookie: *mut c_void, message: &StubMessage<'_>) {
-    // One payload at a time, on the session's stack frame: the stub serialises
-    // the session, and the drainer thread's stack is the kernel's usual 16 KiB,
-    // so the scratch buffer lives in `.bss` under the session's own lock.
+    // One payload at a time: the stub serialises the session, and a payload
+    // may take 40 KiB, more than any stack the glue runs the session on (GNU
+    // Mach's kernel stacks are one page; the glue's session stack is 64 KiB), so
+    // the scratch buffer lives in `.bss` behind its own lock.
     static SCRATCH: spin::Mutex<[u8; kernel_stub::limits::MAX_MESSAGE]> =
         spin::Mutex::new([0; kernel_stub::limits::MAX_MESSAGE]);
     let Some(out) = out else { return };
