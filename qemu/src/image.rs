@@ -8,9 +8,7 @@
 //! `rust-toolchain.toml` applies:
 //!
 //! ```text
-//! cargo build -p demo-kernel --target x86_64-unknown-none --release \
-//!     --config profile.release.package.demo-kernel.debug=2 \
-//!     --config 'profile.release.package.probe-port-protocol.opt-level="z"'
+//! cargo build -p demo-kernel --target x86_64-unknown-none --profile kernel
 //! ```
 //!
 //! Release, so the code the client resolves is optimised like a real kernel's, with
@@ -33,6 +31,9 @@ use crate::Error;
 
 /// The Rust target every kernel image is built for.
 pub const BARE_METAL_TARGET: &str = "x86_64-unknown-none";
+/// The Cargo profile kernel images are built with (`Cargo.toml`: size-optimised,
+/// whole-program LTO, full DWARF for the demo kernel).
+pub const KERNEL_PROFILE: &str = "kernel";
 /// Package (and binary) name of the demo kernel.
 pub const DEMO_KERNEL_PACKAGE: &str = "demo-kernel";
 
@@ -42,7 +43,7 @@ pub fn workspace_root() -> PathBuf {
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
-/// Builds the demo kernel (release, full DWARF) and returns the ELF's path.
+/// Builds the demo kernel (profile `kernel`, full DWARF) and returns the ELF's path.
 pub fn build_demo_kernel() -> Result<PathBuf, Error> {
     // Held during the build, so concurrent callers wait for one build; only success is
     // remembered.
@@ -68,11 +69,8 @@ fn build(root: &Path) -> Result<PathBuf, Error> {
         DEMO_KERNEL_PACKAGE,
         "--target",
         BARE_METAL_TARGET,
-        "--release",
-        "--config",
-        "profile.release.package.demo-kernel.debug=2",
-        "--config",
-        "profile.release.package.probe-port-protocol.opt-level=\"z\"",
+        "--profile",
+        KERNEL_PROFILE,
     ];
     let command_line = format!("cargo {}", arguments.join(" "));
     let output = Command::new(cargo())
@@ -102,7 +100,7 @@ fn build(root: &Path) -> Result<PathBuf, Error> {
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let image = target_directory
         .join(BARE_METAL_TARGET)
-        .join("release")
+        .join(KERNEL_PROFILE)
         .join(DEMO_KERNEL_PACKAGE);
     if !image.is_file() {
         return Err(Error::Build {

@@ -748,7 +748,9 @@ extern "C" fn thread_start() -> ! {
 }
 
 /// Timer tick on this CPU (interrupt context, after the EOI): wakes the threads whose
-/// timed wait ended, then lets the next ready thread run (round robin).
+/// timed wait ended, then lets the next ready thread run (round robin). Never
+/// inlined: a probe point (the tests arm it).
+#[inline(never)]
 pub(crate) fn on_tick() {
     let block = percpu::current();
     if block.current_thread.load(Ordering::Acquire) == 0 {

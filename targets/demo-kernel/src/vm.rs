@@ -287,7 +287,9 @@ pub(crate) fn access(
 }
 
 /// The page-out scan: clears the present bit of every entry, keeping the frames.
-/// Returns how many pages were unmapped.
+/// Returns how many pages were unmapped. Never inlined: a probe point (the
+/// language's docs and tests use it).
+#[inline(never)]
 pub(crate) fn age(map: &mut VmMap) -> u32 {
     let mut unmapped = 0;
     for table in map.directory.iter_mut().flatten() {
