@@ -37,7 +37,9 @@ mod machine;
 pub mod verdict;
 
 pub use error::{ConsoleLog, Error};
-pub use image::{BARE_METAL_TARGET, DEMO_KERNEL_PACKAGE, KERNEL_PROFILE, build_demo_kernel, workspace_root};
+pub use image::{
+    BARE_METAL_TARGET, DEMO_KERNEL_PACKAGE, KERNEL_PROFILE, build_demo_kernel, workspace_root,
+};
 pub use install::{QEMU_BINARY, ensure_qemu};
 pub use machine::{Config, EXIT_STATUS_FAIL, EXIT_STATUS_PASS, Outcome, Qemu, TcgThreading};
 pub use verdict::{Verdict, VerdictProblem};
