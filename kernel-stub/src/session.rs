@@ -308,7 +308,7 @@ fn overlay_originals(sites: &[SiteRecord], address: u64, bytes: &mut [u8]) {
 /// The first offset, a multiple of `align`, where `len` units fit in `0..capacity`
 /// between the `(start, len)` ranges of `used` (sorted here).
 fn first_fit(used: &mut [(u32, u32)], len: usize, capacity: usize, align: usize) -> Option<usize> {
-    used.sort_unstable();
+    heap_sort(used);
     let mut cursor = 0usize;
     for &(start, used_len) in used.iter() {
         if (start as usize).saturating_sub(cursor) >= len {
@@ -319,6 +319,35 @@ fn first_fit(used: &mut [(u32, u32)], len: usize, capacity: usize, align: usize)
             .next_multiple_of(align);
     }
     (capacity.saturating_sub(cursor) >= len).then_some(cursor)
+}
+
+/// Sorts `items` in place, in O(n log n) and a few hundred bytes of code (the core
+/// library's sort is several kilobytes, which a kernel stub pays for).
+fn heap_sort(items: &mut [(u32, u32)]) {
+    fn sift_down(items: &mut [(u32, u32)], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            if child + 1 < end && items[child] < items[child + 1] {
+                child += 1;
+            }
+            if items[root] >= items[child] {
+                return;
+            }
+            items.swap(root, child);
+            root = child;
+        }
+    }
+    let len = items.len();
+    for root in (0..len / 2).rev() {
+        sift_down(items, root, len);
+    }
+    for end in (1..len).rev() {
+        items.swap(0, end);
+        sift_down(items, 0, end);
+    }
 }
 
 /// The site whose planned jump's window holds `address` (but for its first byte).
@@ -1734,5 +1763,41 @@ impl<P: Platform> Stub<P> {
             }
             expected_seq[cpu] = expected;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_sort_sorts_like_the_standard_sort() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for len in 0..200 {
+            for _ in 0..20 {
+                let mut items: Vec<(u32, u32)> = (0..len)
+                    .map(|_| ((next() % 64) as u32, (next() % 8) as u32))
+                    .collect();
+                let mut expected = items.clone();
+                expected.sort_unstable();
+                heap_sort(&mut items);
+                assert_eq!(items, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn first_fit_takes_the_lowest_aligned_gap() {
+        let mut used = [(32, 16), (0, 8), (64, 64)];
+        assert_eq!(first_fit(&mut used, 16, 256, 16), Some(16));
+        assert_eq!(first_fit(&mut used, 17, 256, 16), Some(128));
+        assert_eq!(first_fit(&mut used, 129, 256, 16), None);
+        assert_eq!(first_fit(&mut [], 256, 256, 16), Some(0));
     }
 }
