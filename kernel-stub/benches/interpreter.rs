@@ -32,131 +32,15 @@ use kernel_stub::interpreter::{
 use probe_port_protocol::asm::assemble;
 use probe_port_protocol::context::{ProbeContext, slot};
 use probe_port_protocol::isa::{Helper, Insn, encode, helper_error};
-use probe_port_protocol::maps::{AggregateKind, MapId, MapKind, MapSpec, log2_bucket};
+use probe_port_protocol::maps::{MapId, MapSpec, log2_bucket};
 
-/// The maps the programs use: 1 a hash map of counts, 2 a count aggregation.
-const MAPS: [MapSpec; 2] = [
-    MapSpec {
-        map: MapId(1),
-        kind: MapKind::Hash,
-        key_size: 16,
-        value_size: 8,
-        max_entries: 64,
-    },
-    MapSpec {
-        map: MapId(2),
-        kind: MapKind::Aggregate(AggregateKind::Count),
-        key_size: 8,
-        value_size: 8,
-        max_entries: 64,
-    },
-];
+#[path = "shared/programs.rs"]
+mod programs;
+use programs::{KERNEL_STRING, LOG2_HISTOGRAM, MAPS, PREDICATE_COUNT, STRING_EVENT};
 
 fn map_spec(map: u64) -> Option<MapSpec> {
     MAPS.iter().find(|spec| spec.map.0 as u64 == map).copied()
 }
-
-/// The "kernel" string program 3 reads: longer than its 64-byte buffer.
-static KERNEL_STRING: &[u8] =
-    b"/usr/lib/x86_64-linux-gnu/libprobeport-example.so.1.2.3 opened for reading\0";
-
-/// (1) A predicate, then a count per (probe, argument) in a hash map: lookup,
-/// increment, update, as a `@[probe, arg0] = count()` handler does without a
-/// dedicated aggregation.
-const PREDICATE_COUNT: &str = "
-    ldxdw r6, [r1+40]        ; rdi, the first argument
-    jle r6, 2, done          ; predicate: arg0 > 2
-    ldxdw r7, [r1+144]       ; the probe number
-    stxdw [r10-16], r7       ; key = (probe, arg0)
-    stxdw [r10-8], r6
-    stdw [r10-24], 0         ; value, 0 when absent
-    mov64 r1, 1
-    mov64 r2, r10
-    add64 r2, -16
-    mov64 r3, r10
-    add64 r3, -24
-    call map_lookup
-    ldxdw r0, [r10-24]
-    add64 r0, 1
-    stxdw [r10-24], r0
-    mov64 r1, 1
-    mov64 r2, r10
-    add64 r2, -16
-    mov64 r3, r10
-    add64 r3, -24
-    call map_update
-    ldxdw r0, [r10-24]
-done:
-    exit
-";
-
-/// (2) A log2 histogram bucket computed inline by binary search on the value, as
-/// bpftrace's `hist()` does, then a count aggregation keyed by bucket.
-const LOG2_HISTOGRAM: &str = "
-    ldxdw r6, [r1+32]        ; rsi, the second argument
-    mov64 r7, 0              ; bucket 0: negative
-    jslt r6, 0, store
-    mov64 r7, 1              ; bucket 1: zero
-    jeq r6, 0, store
-    mov64 r7, 2              ; bucket 2 + floor(log2(value))
-    mov64 r8, r6
-    rsh64 r8, 32
-    jeq r8, 0, +2
-    mov64 r6, r8
-    add64 r7, 32
-    mov64 r8, r6
-    rsh64 r8, 16
-    jeq r8, 0, +2
-    mov64 r6, r8
-    add64 r7, 16
-    mov64 r8, r6
-    rsh64 r8, 8
-    jeq r8, 0, +2
-    mov64 r6, r8
-    add64 r7, 8
-    mov64 r8, r6
-    rsh64 r8, 4
-    jeq r8, 0, +2
-    mov64 r6, r8
-    add64 r7, 4
-    mov64 r8, r6
-    rsh64 r8, 2
-    jeq r8, 0, +2
-    mov64 r6, r8
-    add64 r7, 2
-    mov64 r8, r6
-    rsh64 r8, 1
-    jeq r8, 0, +1
-    add64 r7, 1
-store:
-    stxdw [r10-8], r7
-    mov64 r1, 2
-    mov64 r2, r10
-    add64 r2, -8
-    mov64 r3, 1
-    call aggregate
-    mov64 r0, r7
-    exit
-";
-
-/// (3) A bounded string read into the stack, then an event: probe number, string
-/// length and the 64-byte string buffer.
-const STRING_EVENT: &str = "
-    ldxdw r6, [r1+144]       ; the probe number
-    stxdw [r10-80], r6
-    ldxdw r3, [r1+40]        ; rdi: the string's address
-    mov64 r1, r10
-    add64 r1, -64
-    mov64 r2, 64
-    call read_kernel_str
-    stxdw [r10-72], r0
-    mov64 r1, r10
-    add64 r1, -80
-    mov64 r2, 80
-    call emit
-    ldxdw r0, [r10-72]
-    exit
-";
 
 /// A fixed-capacity open-addressing map with keys up to 16 bytes and 8-byte
 /// values: the shape of a stub map, without allocation.
