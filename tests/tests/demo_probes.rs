@@ -57,6 +57,28 @@ fn count_values<T: Ord>(values: impl IntoIterator<Item = T>) -> BTreeMap<T, u64>
     counts
 }
 
+/// The events of `probe` on `client_round(client, round)` emitting (client,
+/// round): every client ran every one of `rounds` rounds exactly once.
+fn assert_every_client_round(
+    events: &[userland_client::port::OwnedEvent],
+    probe: u32,
+    rounds: u64,
+) {
+    let mut pairs: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|event| event.probe == probe)
+        .map(|event| {
+            let words = words(event);
+            (words[0] & 0xffff_ffff, words[1] & 0xffff_ffff)
+        })
+        .collect();
+    pairs.sort_unstable();
+    let expected: Vec<(u64, u64)> = (0..CLIENTS)
+        .flat_map(|client| (0..rounds).map(move |round| (client, round)))
+        .collect();
+    assert_eq!(pairs, expected);
+}
+
 #[test]
 fn entry_probes_see_the_workload_arguments_on_both_cpus() {
     // Single-threaded TCG: dynamic probes patch text the other vCPU runs.
@@ -95,19 +117,7 @@ fn entry_probes_see_the_workload_arguments_on_both_cpus() {
     assert!(losses.is_empty(), "{losses:?}");
 
     // Every client ran every round exactly once, with those arguments.
-    let mut pairs: Vec<(u64, u64)> = events
-        .iter()
-        .filter(|event| event.probe == rounds_probe)
-        .map(|event| {
-            let words = words(event);
-            (words[0] & 0xffff_ffff, words[1] & 0xffff_ffff)
-        })
-        .collect();
-    pairs.sort_unstable();
-    let expected: Vec<(u64, u64)> = (0..CLIENTS)
-        .flat_map(|client| (0..ROUNDS).map(move |round| (client, round)))
-        .collect();
-    assert_eq!(pairs, expected);
+    assert_every_client_round(&events, rounds_probe, ROUNDS);
 
     // The syscall-like calls, by number and argument, as the workload makes them.
     let calls: Vec<Vec<u64>> = events
@@ -266,19 +276,7 @@ fn jump_probes_see_the_same_calls_as_breakpoints_and_leave_the_text_as_it_was() 
     }
     let (events, losses) = split_unsolicited(run.take_unsolicited());
     assert!(losses.is_empty(), "{losses:?}");
-    let mut pairs: Vec<(u64, u64)> = events
-        .iter()
-        .filter(|event| event.probe == rounds_probe)
-        .map(|event| {
-            let words = words(event);
-            (words[0] & 0xffff_ffff, words[1] & 0xffff_ffff)
-        })
-        .collect();
-    pairs.sort_unstable();
-    let expected: Vec<(u64, u64)> = (0..CLIENTS)
-        .flat_map(|client| (0..ROUNDS).map(move |round| (client, round)))
-        .collect();
-    assert_eq!(pairs, expected);
+    assert_every_client_round(&events, rounds_probe, ROUNDS);
     // Clients send through right 0 (the request port), the server through 1 + c.
     let by_right = count_values(
         events
