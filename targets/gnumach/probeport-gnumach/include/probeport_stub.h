@@ -23,6 +23,17 @@ struct probeport_trap_regs {
 	uint64_t flags;
 };
 
+/* A static marker (kern/probeport_marker.h declares them): its name
+   ("subsystem:event"), its arguments ("name:type ...", types u8 u16 u32 u64
+   i8 i16 i32 i64 bool pointer string, at most 8), and the byte a disabled
+   marker reads, set by the stub while a probe uses the marker.  The kernel
+   gathers its sites into one table (probeport_md_markers).  */
+struct probeport_marker {
+	const char *name;
+	const char *args;
+	volatile unsigned char enabled;
+};
+
 /* Output kinds passed to a probeport_out_t.  */
 #define PROBEPORT_OUT_REPLY	0	/* the reply to the request being handled */
 #define PROBEPORT_OUT_EVENT	1	/* an event or loss report (unsolicited) */
@@ -37,7 +48,8 @@ typedef void (*probeport_out_t)(void *cookie, const unsigned char *bytes,
  * The stub (Rust).
  */
 
-/* Records the forbidden text.  Once, on the boot CPU, before the trap hook.  */
+/* Records the forbidden text and reads the marker table.  Once, on the boot
+   CPU, before the trap hook.  */
 extern void probeport_stub_init(void);
 
 /* #BP in kernel mode (probe context).  Returns 1 if the stub handled the trap
@@ -46,6 +58,11 @@ extern int probeport_stub_breakpoint(struct probeport_trap_regs *regs);
 
 /* The timer interrupt (probe context): runs due timer probes.  */
 extern void probeport_stub_timer(const struct probeport_trap_regs *regs);
+
+/* An enabled marker fired with COUNT arguments (interrupts masked, on a stack
+   with room for the handler, as for a breakpoint).  */
+extern void probeport_stub_marker(const struct probeport_marker *marker,
+				  const uint64_t *args, size_t count);
 
 /* One request payload (PROTOCOL.md section 4, no framing).  OUT gets the
    events the request produced, then exactly one PROBEPORT_OUT_REPLY.  */
@@ -103,11 +120,8 @@ extern const unsigned char *probeport_md_build_id(size_t *length);
 extern void probeport_md_forbidden_text(uint64_t *start, uint64_t *end);
 /* Probe context: asks the drainer thread to run soon, without blocking.  */
 extern void probeport_md_wake_server(void);
-/* Kernel memory for the stub's one allocation (iced-x86's decoder tables,
-   built at the first Arm, in the session; never in probe context).  Returns
-   NULL if there is none.  */
-extern void *probeport_md_alloc(size_t size);
-extern void probeport_md_free(void *pointer, size_t size);
+/* The kernel's marker table and its length (read once, at init).  */
+extern struct probeport_marker *probeport_md_markers(size_t *count);
 /* A panic in the stub.  Does not return.  */
 extern void probeport_md_panic(const unsigned char *message, size_t length)
 	__attribute__ ((noreturn));

@@ -20,6 +20,18 @@
 //! a callback with an opaque cookie, so the C side decides whether a message is a
 //! routine's reply or an event for the registered consumer.
 //!
+//! Static markers come from C: GNU Mach declares each one with
+//! `PROBEPORT_MARKER_DEFINE` (a [`ProbeportMarker`] in section
+//! `.data.probeport_markers`, gathered into one table by the linker script) and
+//! fires it with `PROBEPORT_MARKER`, whose disabled cost is one load of the C
+//! site's `enabled` byte and a branch not taken. `probeport_stub_init` builds a
+//! `kernel_stub::MarkerSite` for each C site (same index, name, and the
+//! arguments parsed from the site's `"name:type ..."` string), which is what
+//! [`Platform::markers`] returns. The stub enables and disables those Rust
+//! sites; every session-side entry point here copies their flags into the C
+//! sites before it returns, and a firing C site reaches the stub through
+//! `probeport_stub_marker`.
+//!
 //! The out-of-line area (64 KiB of `int3`) is defined here, in section
 //! `.text.probeport_slots`. GNU Mach's linker script gathers the stub's
 //! `.text.probeport` and the glue's trap path between `__probeport_forbidden_start`
@@ -29,18 +41,23 @@
 //! # Invariants
 //!
 //! - Every function here that probe context calls is in `.text.probeport`.
-//! - The only allocation is iced-x86's decoder tables, once, in the session
-//!   (see `KernelAllocator`); a panic is a kernel panic (`probeport_md_panic`).
+//! - Nothing allocates: the archive has no global allocator and links no
+//!   `alloc` crate; a panic is a kernel panic (`probeport_md_panic`).
 //! - `probeport_stub_init` runs once, before the breakpoint hook can reach the stub.
+//! - Marker `i` of [`Platform::markers`] is C site `i` of the kernel's table; a
+//!   C site's `enabled` byte is 1 only while its Rust site's flag is set (it may
+//!   lag behind by one session call, and a marker firing while the stub has no
+//!   live probe on it does nothing).
 #![cfg_attr(target_os = "none", no_std)]
 
 use core::cell::UnsafeCell;
-use core::ffi::{c_int, c_uint, c_ulong, c_void};
+use core::ffi::{CStr, c_char, c_int, c_uint, c_ulong, c_void};
 use core::ops::Range;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use kernel_stub::arch::TrapRegisters;
 use kernel_stub::interpreter::Fault;
-use kernel_stub::{Platform, Stub, TextError, TrapOutcome};
+use kernel_stub::{ArgType, MAX_MARKER_ARGS, MarkerSite, Platform, Stub, TextError, TrapOutcome};
 use probe_port_protocol::message::{Arch, StubMessage, encode_into};
 
 // The out-of-line area: 64 KiB, 2047 slots of 32 bytes plus the trampoline's.
@@ -96,10 +113,7 @@ unsafe extern "C" {
     fn probeport_md_build_id(length: *mut usize) -> *const u8;
     fn probeport_md_forbidden_text(start: *mut u64, end: *mut u64);
     fn probeport_md_wake_server();
-    #[cfg(target_os = "none")]
-    fn probeport_md_alloc(size: usize) -> *mut u8;
-    #[cfg(target_os = "none")]
-    fn probeport_md_free(pointer: *mut u8, size: usize);
+    fn probeport_md_markers(count: *mut usize) -> *mut ProbeportMarker;
     #[cfg(target_os = "none")]
     fn probeport_md_panic(message: *const u8, length: usize) -> !;
 }
@@ -116,6 +130,130 @@ unsafe impl<T: Sync> Sync for InitOnce<T> {}
 
 static FORBIDDEN: InitOnce<[Range<u64>; 1]> =
     InitOnce(UnsafeCell::new([Range { start: 0, end: 0 }]));
+
+/// A static marker as C declares it (`struct probeport_marker` of
+/// `probeport_stub.h`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ProbeportMarker {
+    /// `subsystem:event`, NUL-terminated.
+    pub name: *const c_char,
+    /// The arguments, `"name:type name:type ..."` (types `u8` … `u64`, `i8` …
+    /// `i64`, `bool`, `pointer`, `string`), NUL-terminated.
+    pub args: *const c_char,
+    /// 1 while a live probe uses the marker; the only thing a disabled marker reads.
+    pub enabled: AtomicU8,
+}
+
+/// Markers the kernel may declare at most; further ones are left out of the table.
+const MAX_MARKERS: usize = 64;
+
+/// The Rust sites of the C markers and their argument lists, built by
+/// `probeport_stub_init`.
+struct Markers {
+    /// The C table, as an address, and how many of its sites are in `sites`.
+    table: usize,
+    count: usize,
+    sites: [MarkerSite; MAX_MARKERS],
+}
+
+static MARKER_ARGS: InitOnce<[[(&str, ArgType); MAX_MARKER_ARGS]; MAX_MARKERS]> = InitOnce(
+    UnsafeCell::new([[("", ArgType::U64); MAX_MARKER_ARGS]; MAX_MARKERS]),
+);
+
+static MARKERS: InitOnce<Markers> = InitOnce(UnsafeCell::new(Markers {
+    table: 0,
+    count: 0,
+    sites: [const { MarkerSite::new("", &[]) }; MAX_MARKERS],
+}));
+
+/// The markers' table, built once.
+fn markers() -> &'static Markers {
+    // SAFETY: written once in `probeport_stub_init`, before any reader.
+    unsafe { &*MARKERS.0.get() }
+}
+
+/// The argument type a C marker names, `None` if unknown.
+fn arg_type(name: &str) -> Option<ArgType> {
+    Some(match name {
+        "u8" => ArgType::U8,
+        "u16" => ArgType::U16,
+        "u32" => ArgType::U32,
+        "u64" => ArgType::U64,
+        "i8" => ArgType::I8,
+        "i16" => ArgType::I16,
+        "i32" => ArgType::I32,
+        "i64" => ArgType::I64,
+        "bool" => ArgType::Bool,
+        "pointer" => ArgType::Pointer,
+        "string" => ArgType::String,
+        _ => return None,
+    })
+}
+
+/// A static C string as `&'static str` (empty if null or not UTF-8).
+///
+/// # Safety
+///
+/// A non-null `pointer` is a NUL-terminated string that lives as long as the kernel.
+unsafe fn static_str(pointer: *const c_char) -> &'static str {
+    if pointer.is_null() {
+        return "";
+    }
+    // SAFETY: the caller's contract.
+    unsafe { CStr::from_ptr(pointer) }.to_str().unwrap_or("")
+}
+
+/// Builds the Rust sites of the kernel's C markers. An argument whose type is
+/// unknown becomes `u64`; arguments past the eighth are left out.
+///
+/// # Safety
+///
+/// Once, before the stub can read the markers; the glue's table is static.
+unsafe fn init_markers() {
+    let mut count = 0usize;
+    // SAFETY: the glue returns its static table and its length.
+    let table = unsafe { probeport_md_markers(&mut count) };
+    let count = if table.is_null() {
+        0
+    } else {
+        count.min(MAX_MARKERS)
+    };
+    // SAFETY: the only writes to these statics, before any reader (the
+    // function's contract).
+    let (all_args, markers) = unsafe { (&mut *MARKER_ARGS.0.get(), &mut *MARKERS.0.get()) };
+    for (index, args) in all_args.iter_mut().enumerate().take(count) {
+        // SAFETY: `index` is below the table's length.
+        let c_site = unsafe { &*table.add(index) };
+        // SAFETY: the C sites' strings are static literals.
+        let (name, signature) = unsafe { (static_str(c_site.name), static_str(c_site.args)) };
+        let mut length = 0;
+        for (slot, word) in args.iter_mut().zip(signature.split_ascii_whitespace()) {
+            let (arg, ty) = word.split_once(':').unwrap_or((word, "u64"));
+            *slot = (arg, arg_type(ty).unwrap_or(ArgType::U64));
+            length += 1;
+        }
+        let args: &'static [(&'static str, ArgType)] = &args[..length];
+        markers.sites[index] = MarkerSite::new(name, args);
+    }
+    markers.table = table as usize;
+    markers.count = count;
+}
+
+/// Copies the stub's marker flags into the C sites. Session side, after every
+/// call that may have started or stopped probes.
+fn sync_markers() {
+    let markers = markers();
+    let table = markers.table as *const ProbeportMarker;
+    for (index, site) in markers.sites[..markers.count].iter().enumerate() {
+        // SAFETY: `index` is below the C table's length (`init_markers`).
+        let c_site = unsafe { &*table.add(index) };
+        let enabled = u8::from(site.enabled.load(Ordering::SeqCst));
+        if c_site.enabled.load(Ordering::Relaxed) != enabled {
+            c_site.enabled.store(enabled, Ordering::SeqCst);
+        }
+    }
+}
 
 /// GNU Mach's side of the stub: every method is one call into the C glue.
 #[derive(Debug)]
@@ -235,6 +373,11 @@ impl Platform for MachPlatform {
         unsafe { &*FORBIDDEN.0.get() }
     }
 
+    fn markers(&self) -> &'static [MarkerSite] {
+        let markers = markers();
+        &markers.sites[..markers.count]
+    }
+
     #[unsafe(link_section = ".text.probeport")]
     fn wake_server(&self) {
         // SAFETY: the glue only sets a flag or wakes a thread without blocking.
@@ -255,7 +398,36 @@ pub extern "C" fn probeport_stub_init() {
     unsafe {
         probeport_md_forbidden_text(&mut start, &mut end);
         *FORBIDDEN.0.get() = [Range { start, end }];
+        init_markers();
     }
+}
+
+/// An enabled C marker fired (`PROBEPORT_MARKER`): `args` holds its `count`
+/// arguments. Interrupts masked, on a stack with room for the handler; a site
+/// that is not in the table is ignored.
+///
+/// # Safety
+///
+/// `args` points to `count` readable values.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.probeport")]
+pub unsafe extern "C" fn probeport_stub_marker(
+    marker: *const ProbeportMarker,
+    args: *const u64,
+    count: usize,
+) {
+    let markers = markers();
+    let offset = (marker as usize).wrapping_sub(markers.table);
+    let size = size_of::<ProbeportMarker>();
+    if !offset.is_multiple_of(size) {
+        return;
+    }
+    let Some(site) = markers.sites[..markers.count].get(offset / size) else {
+        return;
+    };
+    // SAFETY: the caller's contract; at most eight values are read.
+    let args = unsafe { words(args, count.min(MAX_MARKER_ARGS)) };
+    STUB.fire_marker(site, args);
 }
 
 /// The breakpoint trap's hook (`#BP` in kernel mode, interrupts off). Returns 1
@@ -342,6 +514,7 @@ pub unsafe extern "C" fn probeport_stub_handle(
     // SAFETY: the caller's contract.
     let payload = unsafe { bytes(payload, length) };
     STUB.handle(payload, &mut |message| send(out, cookie, message));
+    sync_markers();
 }
 
 /// Sends every pending event and loss report through `out` (kind `OUT_EVENT`).
@@ -377,6 +550,7 @@ pub unsafe extern "C" fn probeport_stub_serve_bytes(
             unsafe { out(cookie, frame.as_ptr(), frame.len(), OUT_BYTES) };
         }
     });
+    sync_markers();
 }
 
 /// Ends the session as `Goodbye` would: every probe disarmed, every text byte
@@ -384,13 +558,16 @@ pub unsafe extern "C" fn probeport_stub_serve_bytes(
 #[unsafe(no_mangle)]
 pub extern "C" fn probeport_stub_end_session() {
     STUB.end_session();
+    sync_markers();
 }
 
 /// Ends the session if its lease expired at `now_ns` (the platform's clock);
 /// returns 1 if it did.
 #[unsafe(no_mangle)]
 pub extern "C" fn probeport_stub_poll(now_ns: u64) -> c_int {
-    c_int::from(STUB.poll(now_ns))
+    let expired = STUB.poll(now_ns);
+    sync_markers();
+    c_int::from(expired)
 }
 
 /// Whether a session is open (1) or not (0).
@@ -413,60 +590,19 @@ unsafe fn bytes<'a>(pointer: *const u8, length: usize) -> &'a [u8] {
     }
 }
 
-/// The stub's tables are all static, but `iced-x86` builds its decoder tables on
-/// the heap, once, the first time anything is decoded: at the first `Arm`, in the
-/// session (measured on GNU Mach: `iced_x86::decoder::table_de::read_legacy`
-/// under `kernel_stub::arch::x86_64::prepare`). Later decodes reuse them, so
-/// probe context never allocates. This allocator forwards to the kernel
-/// (`probeport_md_alloc`, GNU Mach's `kalloc`), which takes a size only: the
-/// block is over-allocated for the alignment, and a 16-byte header below the
-/// aligned address keeps the block's start and total size for `dealloc`.
-#[cfg(target_os = "none")]
-struct KernelAllocator;
-
-#[cfg(target_os = "none")]
-const HEADER: usize = 16;
-
-#[cfg(target_os = "none")]
-// SAFETY: every block handed out lies inside a block of `total` bytes from the
-// kernel, at an address aligned as asked, with `layout.size()` bytes after it;
-// `dealloc` returns exactly that block, found through the header.
-unsafe impl core::alloc::GlobalAlloc for KernelAllocator {
-    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
-        let align = layout.align().max(HEADER);
-        let Some(total) = layout.size().checked_add(align + HEADER) else {
-            return core::ptr::null_mut();
-        };
-        // SAFETY: a plain call of the glue; null means no memory.
-        let start = unsafe { probeport_md_alloc(total) };
-        if start.is_null() {
-            return core::ptr::null_mut();
-        }
-        let aligned = (start as usize + HEADER).next_multiple_of(align);
-        let block = aligned as *mut usize;
-        // SAFETY: `aligned - HEADER >= start` and the header's two words lie
-        // inside the block; `aligned` is at least 16-byte aligned.
-        unsafe {
-            block.sub(2).write(start as usize);
-            block.sub(1).write(total);
-        }
-        aligned as *mut u8
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, _layout: core::alloc::Layout) {
-        let block = pointer as *mut usize;
-        // SAFETY: `pointer` came from `alloc`, which wrote the header.
-        unsafe {
-            let start = block.sub(2).read();
-            let total = block.sub(1).read();
-            probeport_md_free(start as *mut u8, total);
-        }
+/// `count` values at `pointer` (an empty slice for a null pointer).
+///
+/// # Safety
+///
+/// A non-null `pointer` points to `count` readable values that outlive the use.
+unsafe fn words<'a>(pointer: *const u64, count: usize) -> &'a [u64] {
+    if pointer.is_null() || count == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { core::slice::from_raw_parts(pointer, count) }
     }
 }
-
-#[cfg(target_os = "none")]
-#[global_allocator]
-static ALLOCATOR: KernelAllocator = KernelAllocator;
 
 /// A panic in the stub is a kernel panic; the message is the panic's location.
 #[cfg(target_os = "none")]
