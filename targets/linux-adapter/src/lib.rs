@@ -25,6 +25,7 @@
 //! - Every kernel object is an owned descriptor of the session; nothing outlives
 //!   the client's session.
 
+pub mod serial;
 pub mod server;
 pub mod session;
 pub mod sys;
