@@ -79,6 +79,8 @@ fn raw_8n1(tio: &mut libc::termios) {
 /// Serves sessions on the line at `path` forever, one after the other.
 pub fn serve(path: &Path, pmu: UprobePmu, config: &Config) -> io::Result<()> {
     let line = open(path)?;
+    // Only now: bytes sent before this point were flushed.
+    eprintln!("probeport-linuxd: serving {}", path.display());
     loop {
         let began = Instant::now();
         if let Err(cause) = serve_stream(&line, true, pmu, config) {
@@ -124,10 +126,8 @@ mod tests {
         assert_eq!(unsafe { libc::unlockpt(master) }, 0);
         let mut name = [0 as libc::c_char; 128];
         // SAFETY: a buffer of the size given.
-        assert_eq!(
-            unsafe { libc::ptsname_r(master, name.as_mut_ptr(), name.len()) },
-            0
-        );
+        let named = unsafe { libc::ptsname_r(master, name.as_mut_ptr(), name.len()) };
+        assert_eq!(named, 0);
         // SAFETY: `ptsname_r` wrote a NUL-terminated name.
         let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
         let line = open(Path::new(name.to_str().unwrap())).expect("open the slave");

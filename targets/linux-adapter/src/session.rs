@@ -31,7 +31,9 @@ use probe_port_protocol::message::{
 };
 use probe_port_protocol::verifier::{ProgramKind, VerifierConfig, verify_alloc};
 
-use crate::sys::{self, BpfMap, BpfProgram, RingBuffer, UprobeEvent, UprobePmu, map_type};
+use crate::sys::{
+    self, BpfMap, BpfProgram, KprobePmu, ProbeEvent, RingBuffer, UprobePmu, map_type,
+};
 use crate::translate::{
     self, ENTRY_RECORD, Environment, LinuxMap, RECORD_HEADER, Role, counter, stat,
 };
@@ -156,7 +158,7 @@ struct SessionMap {
 struct Probe {
     /// The site's perf events: the probe itself, then (return sites with an entry
     /// program) the entry probe.
-    events: Vec<UprobeEvent>,
+    events: Vec<ProbeEvent>,
     /// Kept open while the events use them.
     _programs: Vec<BpfProgram>,
 }
@@ -189,6 +191,8 @@ struct Shared {
 /// A session on the probe port, from `Hello` to its end.
 pub struct Session {
     pmu: UprobePmu,
+    /// The kprobe PMU, when the kernel has kprobes (`Site::KernelSymbol`).
+    kprobes: Option<KprobePmu>,
     cpus: usize,
     lease_ms: u32,
     ring_bytes: usize,
@@ -261,6 +265,7 @@ impl Session {
         let cpus = sys::possible_cpus()?;
         Ok(Session {
             pmu,
+            kprobes: KprobePmu::discover().ok(),
             cpus,
             lease_ms,
             ring_bytes,
@@ -428,7 +433,15 @@ impl Session {
                     max_record: STACK_SIZE as u32,
                     return_depth: 64,
                 },
-                capabilities: Capabilities(Capabilities::USER | Capabilities::READ_USER),
+                capabilities: Capabilities(
+                    Capabilities::USER
+                        | Capabilities::READ_USER
+                        | if self.kprobes.is_some() {
+                            Capabilities::KERNEL_SYMBOL
+                        } else {
+                            0
+                        },
+                ),
                 lease_ms: self.lease_ms,
             },
         }
@@ -573,6 +586,15 @@ impl Session {
     }
 
     fn arm(&mut self, arm: &ArmRequest<'_>) -> Outcome {
+        if let Site::KernelSymbol {
+            symbol,
+            offset,
+            is_return,
+            entry_program,
+        } = arm.site
+        {
+            return self.arm_kernel(symbol, offset, is_return, entry_program, arm.program);
+        }
         let Site::User {
             path,
             file_offset,
@@ -581,7 +603,10 @@ impl Session {
             entry_program,
         } = arm.site
         else {
-            return error_text(ErrorCode::UNSUPPORTED, "only user-space sites on Linux");
+            return error_text(
+                ErrorCode::UNSUPPORTED,
+                "only user-space sites and kernel symbols on Linux",
+            );
         };
         if self.next_probe > MAX_PROBES {
             return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
@@ -623,8 +648,7 @@ impl Session {
             entry.map(|entry| (entry, false, 0)),
         ];
         for (program, at_return, semaphore) in parts.into_iter().flatten() {
-            let event = match UprobeEvent::open(&self.pmu, file, file_offset, at_return, semaphore)
-            {
+            let event = match ProbeEvent::open(&self.pmu, file, file_offset, at_return, semaphore) {
                 Ok(event) => event,
                 Err(cause) => {
                     return error_text(ErrorCode::UNSUPPORTED, &format!("uprobe: {cause}"));
@@ -639,6 +663,75 @@ impl Session {
         let armed = Probe {
             events,
             _programs: programs,
+        };
+        if self.started
+            && let Err(cause) = armed.set_enabled(true)
+        {
+            return error_text(ErrorCode::UNSUPPORTED, &format!("enable: {cause}"));
+        }
+        self.next_probe += 1;
+        self.probes.insert(probe, armed);
+        Outcome::Body(ReplyBody::Armed {
+            probe: ProbeId(probe),
+        })
+    }
+
+    /// A kprobe (kretprobe with `is_return`) at `symbol + offset`, named for the
+    /// kernel to resolve (PROTOCOL.md §8.10).
+    fn arm_kernel(
+        &mut self,
+        symbol: &str,
+        offset: u64,
+        is_return: bool,
+        entry_program: &[u8],
+        program: &[u8],
+    ) -> Outcome {
+        let Some(pmu) = self.kprobes else {
+            return error_text(ErrorCode::UNSUPPORTED, "kernel symbol sites: no kprobe PMU");
+        };
+        if !entry_program.is_empty() {
+            // Where a kretprobe's `sp` points has not been checked against the
+            // entry's: no entry records yet.
+            return error_text(
+                ErrorCode::UNSUPPORTED,
+                "entry programs at kernel return sites",
+            );
+        }
+        if self.next_probe > MAX_PROBES {
+            return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
+        }
+        let probe = self.next_probe;
+        let program = match self.load(
+            program,
+            Role::Probe {
+                at_return: is_return,
+            },
+            probe,
+        ) {
+            Ok(loaded) => loaded,
+            Err(outcome) => return *outcome,
+        };
+        let event = match ProbeEvent::open_kprobe(&pmu, symbol, offset, is_return) {
+            Ok(event) => event,
+            Err(cause) => {
+                eprintln!("probeport-linuxd: kprobe {symbol}+{offset:#x}: {cause}");
+                return match cause.raw_os_error() {
+                    // The kernel's symbol table has no such name.
+                    Some(libc::ENOENT) => error_text(ErrorCode::INVALID_ARGUMENT, "symbol"),
+                    // The offset is not the start of an instruction.
+                    Some(libc::EILSEQ) => {
+                        error_text(ErrorCode::UNSUPPORTED, "not an instruction boundary")
+                    }
+                    _ => error_text(ErrorCode::UNSUPPORTED, &format!("kprobe: {cause}")),
+                };
+            }
+        };
+        if let Err(cause) = event.attach(&program) {
+            return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+        }
+        let armed = Probe {
+            events: vec![event],
+            _programs: vec![program],
         };
         if self.started
             && let Err(cause) = armed.set_enabled(true)

@@ -38,7 +38,9 @@ fn run() -> anyhow::Result<()> {
                 config.socket_mode = u32::from_str_radix(&value, 8).context("--socket-mode")?;
             }
             "--serial" => {
-                serial = Some(PathBuf::from(args.next().context("--serial needs a device")?));
+                serial = Some(PathBuf::from(
+                    args.next().context("--serial needs a device")?,
+                ));
             }
             other if other.starts_with('-') => bail!("unknown option {other}"),
             path => socket = Some(PathBuf::from(path)),
@@ -50,7 +52,6 @@ fn run() -> anyhow::Result<()> {
         if socket.is_some() {
             bail!("a socket and --serial: choose one");
         }
-        eprintln!("probeport-linuxd: serving {}", device.display());
         serial::serve(&device, pmu, &config)
             .with_context(|| format!("serial line {}", device.display()))?;
         return Ok(());
