@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::{aggregate_map, arm, define, program, read_map};
-use guest::{guest_lines, initramfs, tempdir, wait_console};
+use guest::{guest_lines, initramfs, one_guest_at_a_time, tempdir, wait_console};
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::maps::AggregateKind;
 use probe_port_protocol::message::{Capabilities, ReplyBody, RequestBody, Site};
@@ -81,6 +81,7 @@ fn armed(reply: &userland_client::port::Reply) -> u32 {
 
 #[test]
 fn kprobes_and_kretprobes_count_a_syscall_exactly_in_debians_kernel() {
+    let _guard = one_guest_at_a_time();
     let started = Instant::now();
     let kernel = DebianKernel::get().unwrap_or_else(|error| panic!("{error}"));
     let directory = tempdir("guest-kprobes");
@@ -269,5 +270,132 @@ fn kprobes_and_kretprobes_count_a_syscall_exactly_in_debians_kernel() {
         "{console}"
     );
     assert!(console.contains("VERDICT: PASS"), "{console}");
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+/// The guest's script for the client test: the daemon, the workload once both
+/// probes are live, then the end of the session seen in the kprobe list.
+fn client_init() -> String {
+    format!(
+        "{INIT_PROLOGUE}
+fail() {{ echo \"VERDICT: FAIL $*\"; poweroff -f; }}
+list=/sys/kernel/debug/kprobes/list
+probes() {{ grep -c sys_getppid $list; }}
+live() {{ grep sys_getppid $list | grep -vc DISABLED; }}
+wait_until() {{ n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1)); [ $n -lt $3 ] || {{ cat $list; fail \"$1 is $($1), not $2\"; }}; done; }}
+probeport-linuxd --serial /dev/ttyS1 &
+wait_until live 2 1200
+getppid_loop {CALLS} {ARG}
+wait_until probes 0 1200
+echo \"guest: session over, kprobes on getppid: $(probes)\"
+{PASS_AND_EXIT}
+"
+    )
+}
+
+/// The script a user would write, compiled and run by the client library: kernel
+/// functions by name (no `--kernel`), a register, memory through it, `$return`.
+const SCRIPT: &str = r#"
+probe kernel.function("__x64_sys_getppid") {
+    @calls = count();
+    @arg = max(*(u64 *)(reg("rdi") + 112));
+}
+probe kernel.function("__x64_sys_getppid").return {
+    @returned = max($return);
+}
+"#;
+
+#[test]
+fn the_client_runs_a_script_on_kernel_functions_by_name_in_debians_kernel() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use lang::source::Sources;
+    use userland_client::session::{Output, OutputFormat, SessionOptions, run_user_space};
+
+    let _guard = one_guest_at_a_time();
+    let started = Instant::now();
+    let kernel = DebianKernel::get().unwrap_or_else(|error| panic!("{error}"));
+    let directory = tempdir("guest-client");
+    let initrd = initramfs(&kernel, &client_init(), &directory);
+    let config = kernel.config(&initrd, "").probe_port(true);
+    let mut qemu = qemu::Qemu::start(&config).unwrap_or_else(|error| panic!("{error}"));
+    let mut port = Port::new(qemu.take_port().expect("COM2 is wired"));
+    port.set_timeout(Duration::from_secs(30));
+    wait_console(&qemu, "probeport-linuxd: serving", Duration::from_secs(90));
+    let booted = started.elapsed();
+
+    // The session ends when the guest's workload is done (Ctrl-C, as it were).
+    let stop = Arc::new(AtomicBool::new(false));
+    let console_path = qemu.console_path().to_path_buf();
+    let watcher = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                let console = std::fs::read_to_string(&console_path).unwrap_or_default();
+                if console.contains("guest: workload") || console.contains("VERDICT") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut sources = Sources::new();
+    sources.add_script("getppid.probe", SCRIPT);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut output = Output {
+        out: &mut out,
+        err: &mut err,
+        format: OutputFormat::Text,
+    };
+    let summary = run_user_space(
+        &mut port,
+        &sources,
+        &SessionOptions::default(),
+        &mut output,
+        &stop,
+    );
+    watcher.join().expect("the watcher");
+    let (out, err) = (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    );
+    let summary = summary.unwrap_or_else(|error| {
+        panic!(
+            "session: {error}\nout:\n{out}\nerr:\n{err}\nconsole:\n{}",
+            qemu.console()
+        )
+    });
+    drop(port);
+    let outcome = qemu.wait().unwrap_or_else(|error| panic!("{error}"));
+    for line in guest_lines(&outcome.console) {
+        eprintln!("{line}");
+    }
+    eprintln!("client output:\n{out}{err}");
+    eprintln!("booted in {booted:?}; whole run {:?}", started.elapsed());
+    assert!(summary.unaccounted.is_empty(), "{summary:?}");
+    assert!(
+        out.contains(&format!("@calls: {CALLS}")),
+        "exact count:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("@arg: {ARG}")),
+        "the user's rdi:\n{out}"
+    );
+    assert!(out.contains("@returned: 1"), "getppid returned 1:\n{out}");
+    assert!(
+        outcome
+            .console
+            .contains("guest: session over, kprobes on getppid: 0"),
+        "{}",
+        outcome.console
+    );
+    assert!(
+        outcome.console.contains("VERDICT: PASS"),
+        "{}",
+        outcome.console
+    );
     let _ = std::fs::remove_dir_all(&directory);
 }

@@ -130,3 +130,11 @@ pub fn guest_lines(console: &str) -> Vec<&str> {
         .filter_map(|line| line.find("guest:").map(|at| &line[at..]))
         .collect()
 }
+
+/// One guest at a time: two TCG guests on the build machines' two cores would
+/// only slow each other down past the tests' timeouts.
+pub fn one_guest_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
