@@ -36,6 +36,8 @@ list=/sys/kernel/debug/kprobes/list
 probes() {{ grep -c sys_getppid $list; }}
 live() {{ grep sys_getppid $list | grep -vc DISABLED; }}
 wait_until() {{ n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1)); [ $((n % 50)) = 0 ] && {{ echo \"guest: waiting for $1 = $2:\"; cat $list; }}; [ $n -lt $3 ] || {{ cat $list; fail \"$1 is $($1), not $2\"; }}; done; }}
+pmu=/sys/bus/event_source/devices/kprobe
+echo \"guest: kprobe PMU type $(cat $pmu/type), retprobe $(cat $pmu/format/retprobe)\"
 echo \"guest: kernel $(uname -r), kprobes on getppid at boot: $(probes)\"
 probeport-linuxd --serial /dev/ttyS1 --lease-ms 3000 &
 wait_until live 2 300
@@ -129,6 +131,36 @@ fn kprobes_and_kretprobes_count_a_syscall_exactly_in_debians_kernel() {
     );
     let error = refused.get().expect_err("an unknown symbol is refused");
     assert_eq!(error.code, ErrorCode::INVALID_ARGUMENT, "{error:?}");
+    // Entry records at kernel returns are not supported yet.
+    let refused = arm(
+        &mut port,
+        Site::KernelSymbol {
+            symbol: "__x64_sys_getppid",
+            offset: 0,
+            is_return: true,
+            entry_program: &program("mov64 r0, 0\nexit"),
+        },
+        &program("mov64 r0, 0\nexit"),
+    );
+    let error = refused.get().expect_err("an entry program is refused");
+    assert_eq!(error.code, ErrorCode::UNSUPPORTED, "{error:?}");
+    // An offset inside an instruction is the kernel's to refuse.
+    let refused = arm(
+        &mut port,
+        Site::KernelSymbol {
+            symbol: "__x64_sys_getppid",
+            offset: 1,
+            is_return: false,
+            entry_program: &[],
+        },
+        &program("mov64 r0, 0\nexit"),
+    );
+    let error = refused.get().expect_err("an offset inside an instruction is refused");
+    assert_eq!(error.code, ErrorCode::UNSUPPORTED, "{error:?}");
+    assert_eq!(
+        error.detail,
+        probe_port_protocol::message::ErrorDetail::Text("not an instruction boundary")
+    );
     // Entry: count, and the user's first argument through `struct pt_regs *` in rdi.
     let entry = armed(&arm(
         &mut port,
