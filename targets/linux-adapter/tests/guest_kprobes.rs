@@ -155,7 +155,9 @@ fn kprobes_and_kretprobes_count_a_syscall_exactly_in_debians_kernel() {
         },
         &program("mov64 r0, 0\nexit"),
     );
-    let error = refused.get().expect_err("an offset inside an instruction is refused");
+    let error = refused
+        .get()
+        .expect_err("an offset inside an instruction is refused");
     assert_eq!(error.code, ErrorCode::UNSUPPORTED, "{error:?}");
     assert_eq!(
         error.detail,
