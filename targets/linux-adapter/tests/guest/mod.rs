@@ -138,3 +138,13 @@ pub fn one_guest_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Shell functions for guest scripts: `probes` counts the kprobes on `getppid` in
+/// the kprobe list, `live` those enabled; `wait_until FUNCTION VALUE TENTHS` waits
+/// for a value (tenths of a second at most) or fails the run.
+pub const SHELL_HELPERS: &str = "fail() { echo \"VERDICT: FAIL $*\"; poweroff -f; }
+list=/sys/kernel/debug/kprobes/list
+probes() { grep -c sys_getppid $list; }
+live() { grep sys_getppid $list | grep -vc DISABLED; }
+wait_until() { n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1)); [ $n -lt $3 ] || { cat $list; fail \"$1 is $($1), not $2\"; }; done; }
+";
