@@ -689,49 +689,67 @@ impl Session {
         let Some(pmu) = self.kprobes else {
             return error_text(ErrorCode::UNSUPPORTED, "kernel symbol sites: no kprobe PMU");
         };
-        if !entry_program.is_empty() {
-            // Where a kretprobe's `sp` points has not been checked against the
-            // entry's: no entry records yet.
-            return error_text(
-                ErrorCode::UNSUPPORTED,
-                "entry programs at kernel return sites",
-            );
-        }
         if self.next_probe > MAX_PROBES {
             return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
         }
+        // As at user return sites: at a kretprobe `sp` is the entry's plus 8 (the
+        // return address popped), so the entry records' key is the same.
+        let with_entry = is_return && !entry_program.is_empty();
+        if with_entry && let Err(outcome) = self.entry_maps() {
+            return *outcome;
+        }
         let probe = self.next_probe;
-        let program = match self.load(
-            program,
+        let role = if with_entry {
+            Role::Return
+        } else {
             Role::Probe {
                 at_return: is_return,
-            },
-            probe,
-        ) {
+            }
+        };
+        let main = match self.load(program, role, probe) {
             Ok(loaded) => loaded,
             Err(outcome) => return *outcome,
         };
-        let event = match ProbeEvent::open_kprobe(&pmu, symbol, offset, is_return) {
-            Ok(event) => event,
-            Err(cause) => {
-                eprintln!("probeport-linuxd: kprobe {symbol}+{offset:#x}: {cause}");
-                return match cause.raw_os_error() {
-                    // The kernel's symbol table has no such name.
-                    Some(libc::ENOENT) => error_text(ErrorCode::INVALID_ARGUMENT, "symbol"),
-                    // The offset is not the start of an instruction.
-                    Some(libc::EILSEQ) => {
-                        error_text(ErrorCode::UNSUPPORTED, "not an instruction boundary")
-                    }
-                    _ => error_text(ErrorCode::UNSUPPORTED, &format!("kprobe: {cause}")),
-                };
+        let entry = if with_entry {
+            match self.load(entry_program, Role::Entry, probe) {
+                Ok(loaded) => Some(loaded),
+                Err(outcome) => return *outcome,
             }
+        } else {
+            None
         };
-        if let Err(cause) = event.attach(&program) {
-            return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+        // The return probe first: enabled first, a frame entered in between is a
+        // counted miss rather than an entry record nobody takes.
+        let mut events = Vec::new();
+        let mut programs = Vec::new();
+        for (program, at_return) in [Some((main, is_return)), entry.map(|entry| (entry, false))]
+            .into_iter()
+            .flatten()
+        {
+            let event = match ProbeEvent::open_kprobe(&pmu, symbol, offset, at_return) {
+                Ok(event) => event,
+                Err(cause) => {
+                    eprintln!("probeport-linuxd: kprobe {symbol}+{offset:#x}: {cause}");
+                    return match cause.raw_os_error() {
+                        // The kernel's symbol table has no such name.
+                        Some(libc::ENOENT) => error_text(ErrorCode::INVALID_ARGUMENT, "symbol"),
+                        // The offset is not the start of an instruction.
+                        Some(libc::EILSEQ) => {
+                            error_text(ErrorCode::UNSUPPORTED, "not an instruction boundary")
+                        }
+                        _ => error_text(ErrorCode::UNSUPPORTED, &format!("kprobe: {cause}")),
+                    };
+                }
+            };
+            if let Err(cause) = event.attach(&program) {
+                return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+            }
+            events.push(event);
+            programs.push(program);
         }
         let armed = Probe {
-            events: vec![event],
-            _programs: vec![program],
+            events,
+            _programs: programs,
         };
         if self.started
             && let Err(cause) = armed.set_enabled(true)

@@ -131,19 +131,6 @@ fn kprobes_and_kretprobes_count_a_syscall_exactly_in_debians_kernel() {
     );
     let error = refused.get().expect_err("an unknown symbol is refused");
     assert_eq!(error.code, ErrorCode::INVALID_ARGUMENT, "{error:?}");
-    // Entry records at kernel returns are not supported yet.
-    let refused = arm(
-        &mut port,
-        Site::KernelSymbol {
-            symbol: "__x64_sys_getppid",
-            offset: 0,
-            is_return: true,
-            entry_program: &program("mov64 r0, 0\nexit"),
-        },
-        &program("mov64 r0, 0\nexit"),
-    );
-    let error = refused.get().expect_err("an entry program is refused");
-    assert_eq!(error.code, ErrorCode::UNSUPPORTED, "{error:?}");
     // An offset inside an instruction is the kernel's to refuse.
     let refused = arm(
         &mut port,
@@ -306,8 +293,8 @@ fn kprobes_and_kretprobes_count_a_syscall_exactly_in_debians_kernel() {
     let _ = std::fs::remove_dir_all(&directory);
 }
 
-/// The guest's script for the client test: the daemon, the workload once both
-/// probes are live, then the end of the session seen in the kprobe list.
+/// The guest's script for the client test: the daemon, the workload once the
+/// three kprobes are live (the entry, the return and the return's entry program), then the end of the session seen in the kprobe list.
 fn client_init() -> String {
     format!(
         "{INIT_PROLOGUE}
@@ -317,7 +304,7 @@ probes() {{ grep -c sys_getppid $list; }}
 live() {{ grep sys_getppid $list | grep -vc DISABLED; }}
 wait_until() {{ n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1)); [ $n -lt $3 ] || {{ cat $list; fail \"$1 is $($1), not $2\"; }}; done; }}
 probeport-linuxd --serial /dev/ttyS1 &
-wait_until live 2 1200
+wait_until live 3 1200
 getppid_loop {CALLS} {ARG}
 wait_until probes 0 1200
 echo \"guest: session over, kprobes on getppid: $(probes)\"
@@ -327,7 +314,8 @@ echo \"guest: session over, kprobes on getppid: $(probes)\"
 }
 
 /// The script a user would write, compiled and run by the client library: kernel
-/// functions by name (no `--kernel`), a register, memory through it, `$return`.
+/// functions by name (no `--kernel`), a register, memory through it, `$return`, and
+/// a value saved at the entry for the return (`@entry`).
 const SCRIPT: &str = r#"
 probe kernel.function("__x64_sys_getppid") {
     @calls = count();
@@ -335,6 +323,7 @@ probe kernel.function("__x64_sys_getppid") {
 }
 probe kernel.function("__x64_sys_getppid").return {
     @returned = max($return);
+    @arg_at_entry = max(@entry(*(u64 *)(reg("rdi") + 112)));
 }
 "#;
 
@@ -418,6 +407,10 @@ fn the_client_runs_a_script_on_kernel_functions_by_name_in_debians_kernel() {
         "the user's rdi:\n{out}"
     );
     assert!(out.contains("@returned: 1"), "getppid returned 1:\n{out}");
+    assert!(
+        out.contains(&format!("@arg_at_entry: {ARG}")),
+        "the entry's value at the return:\n{out}"
+    );
     assert!(
         outcome
             .console
