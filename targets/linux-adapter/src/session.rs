@@ -6,9 +6,11 @@
 //! [`Session`] holds the session's BPF maps, programs, perf events and ring buffer
 //! as owning values. Ending the session (goodbye, end of stream, lease expiry) is
 //! dropping it: each descriptor closes, which detaches the programs, removes the
-//! uprobes and frees the maps. Replies follow the demo stub's (`kernel-stub`
-//! `session.rs`) for every request both understand; what only the stub can do
-//! (kernel text sites, markers, timers, kernel memory reads) is `UNSUPPORTED`.
+//! uprobes and kprobes and frees the maps. Replies follow the demo stub's
+//! (`kernel-stub` `session.rs`) for every request both understand; what only the
+//! stub can do (kernel text sites by address, markers, timers, kernel memory reads)
+//! is `UNSUPPORTED`. Kernel text named by symbol (`Site::KernelSymbol`) is a kprobe
+//! when the kernel has a kprobe PMU.
 //!
 //! Events: the translated programs write records to one BPF ring buffer with a
 //! per-CPU sequence number taken from a per-CPU counter before each attempt, and

@@ -1,5 +1,6 @@
 //! Thin wrappers of the kernel interfaces the adapter uses: `bpf()`,
-//! `perf_event_open()` on the uprobe PMU, and the BPF ring buffer's shared pages.
+//! `perf_event_open()` on the uprobe and kprobe PMUs, and the BPF ring buffer's
+//! shared pages.
 //!
 //! # Design
 //!
