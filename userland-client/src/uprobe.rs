@@ -475,6 +475,10 @@ mod tests {
                 r#"probe kernel.function("__x64_sys_getppid") { @n = max($return); }"#,
                 "only known in `.return` probes",
             ),
+            (
+                r#"probe kernel.function("__x64_sys_getppid+4").return { @n = count(); }"#,
+                "a `.return` probe cannot have an offset",
+            ),
         ] {
             let (script, rendered) = compiled(text, &KernelSymbolResolver);
             assert!(script.is_none(), "{text}");
