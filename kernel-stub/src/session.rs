@@ -734,6 +734,12 @@ impl<P: Platform> Stub<P> {
                 ErrorCode::UNSUPPORTED,
                 ErrorDetail::Text("user-space sites"),
             )),
+            // The client has the image's symbols: it sends addresses (no
+            // `KERNEL_SYMBOL` bit).
+            Site::KernelSymbol { .. } => Err(ErrorReply::with(
+                ErrorCode::UNSUPPORTED,
+                ErrorDetail::Text("kernel symbol sites"),
+            )),
         }
     }
 

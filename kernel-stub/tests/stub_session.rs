@@ -771,6 +771,32 @@ fn user_space_sites_are_unsupported_and_not_announced() {
 }
 
 #[test]
+fn kernel_symbol_sites_are_unsupported_and_not_announced() {
+    let mut client = Client::new(new_stub!());
+    let reply = client.hello();
+    let ReplyBody::Hello(hello) = reply.ok() else {
+        panic!("not a hello");
+    };
+    assert!(!hello.capabilities.has(Capabilities::KERNEL_SYMBOL));
+    client
+        .arm(
+            Site::KernelSymbol {
+                symbol: "__x64_sys_getpid",
+                offset: 0,
+                is_return: true,
+                entry_program: &[],
+            },
+            &noop(),
+        )
+        .assert_err(
+            ErrorCode::UNSUPPORTED,
+            ErrorDetail::Text("kernel symbol sites"),
+        );
+    // The refusal armed nothing: the first probe still gets number 1.
+    assert_eq!(client.arm(timer(), &noop()).probe(), 1);
+}
+
+#[test]
 fn a_text_write_the_platform_refuses_fails_start_and_restores_everything() {
     let mut client = Client::new(new_stub!());
     client.open();

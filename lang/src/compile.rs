@@ -1000,6 +1000,9 @@ impl<'a> Compiler<'a> {
         is_return: bool,
         span: Span,
     ) -> Vec<Site> {
+        if self.resolver.kernel_symbols() {
+            return self.symbol_site(pattern, offset, is_return, span);
+        }
         let functions = self.resolver.functions(pattern);
         if functions.is_empty() {
             let candidates = self.resolver.candidates(NameKind::Function);
@@ -1096,6 +1099,45 @@ impl<'a> Compiler<'a> {
             }
         }
         sites
+    }
+
+    /// `kernel.function("name")[.return]` as a symbol site for the stub to resolve.
+    fn symbol_site(
+        &mut self,
+        name: &str,
+        offset: Option<u64>,
+        is_return: bool,
+        span: Span,
+    ) -> Vec<Site> {
+        if is_glob(name) {
+            self.error(
+                Diagnostic::error(
+                    diagnostic::NO_MATCH,
+                    span,
+                    format!("`{name}` is a pattern, and kernel functions are named exactly here"),
+                )
+                .label("a pattern needs the kernel's symbol list")
+                .help("name one function, or give the kernel image with --kernel"),
+            );
+            return Vec::new();
+        }
+        let offset = offset.unwrap_or(0);
+        let description = if is_return {
+            format!("{name}.return")
+        } else if offset != 0 {
+            format!("{name}+{offset:#x}")
+        } else {
+            name.to_string()
+        };
+        vec![Site {
+            description,
+            kind: SiteKind::Symbol {
+                symbol: name.to_string(),
+                offset,
+                is_return,
+            },
+            span,
+        }]
     }
 
     fn refused(&mut self, span: Span, address: u64, refusal: &SiteRefusal, function: bool) {

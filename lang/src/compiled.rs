@@ -144,6 +144,16 @@ impl SiteSpec {
                 ref_ctr_offset: *ref_ctr_offset,
                 entry_program,
             },
+            SiteSpec::KernelSymbol {
+                symbol,
+                offset,
+                is_return,
+            } => Site::KernelSymbol {
+                symbol,
+                offset: *offset,
+                is_return: *is_return,
+                entry_program,
+            },
         }
     }
 }
@@ -187,6 +197,16 @@ pub enum SiteSpec {
         is_return: bool,
         /// The file offset of a USDT semaphore, 0 for none.
         ref_ctr_offset: u64,
+    },
+    /// Kernel text named by symbol and offset, for the stub to resolve
+    /// (PROTOCOL.md §8.10).
+    KernelSymbol {
+        /// The kernel's name for the function.
+        symbol: String,
+        /// Bytes from the symbol's address.
+        offset: u64,
+        /// Whether the site is the function's return.
+        is_return: bool,
     },
 }
 
@@ -412,6 +432,14 @@ pub fn describe(script: &CompiledScript, with_code: bool) -> String {
                     }
                     text
                 }
+                SiteSpec::KernelSymbol {
+                    symbol,
+                    offset,
+                    is_return,
+                } => format!(
+                    "kernel symbol {symbol}+{offset:#x}{}",
+                    if *is_return { " (return)" } else { "" }
+                ),
             };
             let _ = writeln!(
                 text,

@@ -75,6 +75,13 @@ pub(crate) enum SiteKind {
         ref_ctr_offset: u64,
         args: Vec<crate::resolver::UserArg>,
     },
+    /// A kernel function named for the stub to resolve (PROTOCOL.md §8.10): no
+    /// debuginfo, registers only, memory read from the kernel.
+    Symbol {
+        symbol: String,
+        offset: u64,
+        is_return: bool,
+    },
 }
 
 /// An error was reported; the statement is abandoned.
@@ -145,6 +152,10 @@ pub(crate) fn lower_site(
         site.kind,
         SiteKind::Return { .. }
             | SiteKind::User {
+                is_return: true,
+                ..
+            }
+            | SiteKind::Symbol {
                 is_return: true,
                 ..
             }
@@ -240,6 +251,15 @@ pub(crate) fn lower_site(
             file_offset: *file_offset,
             is_return: *is_return,
             ref_ctr_offset: *ref_ctr_offset,
+        },
+        SiteKind::Symbol {
+            symbol,
+            offset,
+            is_return,
+        } => SiteSpec::KernelSymbol {
+            symbol: symbol.clone(),
+            offset: *offset,
+            is_return: *is_return,
         },
     };
     Some(Attachment {
@@ -1018,9 +1038,15 @@ impl Lowerer<'_, '_> {
 
     fn context(&mut self, name: &str, span: Span, depth: usize) -> R<Val> {
         if name == "return"
-            && let SiteKind::User { is_return, .. } = &self.site.kind
+            && let SiteKind::User { is_return, .. } | SiteKind::Symbol { is_return, .. } =
+                &self.site.kind
         {
             if !is_return {
+                let help = if matches!(self.site.kind, SiteKind::User { .. }) {
+                    "probe process(\"path\").function(\"name\").return"
+                } else {
+                    "probe kernel.function(\"name\").return"
+                };
                 return self.fail(
                     Diagnostic::error(
                         diagnostic::RETURN_OUTSIDE_RETURN,
@@ -1028,7 +1054,7 @@ impl Lowerer<'_, '_> {
                         "`$return` is only known in `.return` probes",
                     )
                     .label("no return value here")
-                    .help("probe process(\"path\").function(\"name\").return"),
+                    .help(help),
                 );
             }
             // No debuginfo: the raw return register, as a signed 64-bit value.
@@ -1067,6 +1093,16 @@ impl Lowerer<'_, '_> {
                 narrow_to(b, &ty, reg(depth));
                 Ok(Val::Scalar(ty))
             }
+            SiteKind::Symbol { .. } => self.fail(
+                Diagnostic::error(
+                    diagnostic::UNKNOWN_VARIABLE,
+                    span,
+                    format!("unknown variable `${name}`"),
+                )
+                .label(format!("{} has no variables", self.site.description))
+                .note("the kernel's function is named by symbol, without its debuginfo")
+                .help("read registers with reg(\"rdi\"), or give the kernel image with --kernel"),
+            ),
             SiteKind::Timer { .. } => self.fail(
                 Diagnostic::error(
                     diagnostic::NO_CONTEXT,
@@ -1519,6 +1555,10 @@ impl Lowerer<'_, '_> {
                     is_return: true,
                     ..
                 }
+                | SiteKind::Symbol {
+                    is_return: true,
+                    ..
+                }
         );
         if !return_site || self.in_entry {
             let nested = self.in_entry;
@@ -1712,7 +1752,7 @@ impl Lowerer<'_, '_> {
                 self.in_entry = saved;
                 found
             }
-            SiteKind::Timer { .. } => false,
+            SiteKind::Timer { .. } | SiteKind::Symbol { .. } => false,
         }
     }
 
@@ -3352,6 +3392,7 @@ impl Lowerer<'_, '_> {
             }
             SiteKind::Marker(marker) => marker.args.iter().map(|arg| arg.name.clone()).collect(),
             SiteKind::User { args, .. } => args.iter().map(|arg| arg.name.clone()).collect(),
+            SiteKind::Symbol { .. } => Vec::new(),
             SiteKind::Code { .. } | SiteKind::Return { .. } => {
                 let variables = if self.in_entry || matches!(self.site.kind, SiteKind::Code { .. })
                 {

@@ -450,6 +450,14 @@ pub trait Resolver {
         Vec::new()
     }
 
+    /// Whether kernel functions are named by symbol for the stub to resolve
+    /// (PROTOCOL.md §8.10) instead of being looked up here: a resolver without the
+    /// kernel's image says so, and `kernel.function("name")` then compiles to a
+    /// symbol site (exact names only, no variables but registers and `$return`).
+    fn kernel_symbols(&self) -> bool {
+        false
+    }
+
     /// Where `target` is in the user-space ELF file at `path` (PROTOCOL.md §8.8).
     /// The default, for resolvers without access to user files, refuses.
     fn user_site(&self, path: &str, target: &UserTarget) -> Result<UserSite, ResolveError> {

@@ -45,6 +45,8 @@ pub const MAX_DETAIL_TEXT: usize = 96;
 pub const MAX_READ_MEMORY: u16 = 1024;
 /// Longest file path of a user-space site, in bytes.
 pub const MAX_PATH: usize = 256;
+/// Longest `Site::KernelSymbol` symbol in bytes.
+pub const MAX_SYMBOL: usize = 256;
 
 /// A probe's number, assigned by the stub when it arms the probe.
 #[derive(
@@ -210,6 +212,23 @@ pub enum Site<'a> {
         /// empty for none (and always empty without `is_return`).
         entry_program: &'a [u8],
     },
+    /// 5. An instruction of kernel text named by a symbol of the running kernel and
+    ///    an offset from it (Linux: a kprobe), for clients without the kernel's
+    ///    debuginfo: the stub resolves the name. Needs [`Capabilities::KERNEL_SYMBOL`].
+    KernelSymbol {
+        /// The function's symbol as the running kernel names it (at most
+        /// [`MAX_SYMBOL`] bytes).
+        symbol: &'a str,
+        /// Bytes from the symbol's address to the instruction (0: its entry).
+        offset: u64,
+        /// Fire when the function entered at `symbol` returns instead (`offset`
+        /// must be 0).
+        is_return: bool,
+        /// With `is_return`: runs at the function's entry and may save values for
+        /// the return program; empty for none (and always empty without
+        /// `is_return`).
+        entry_program: &'a [u8],
+    },
 }
 
 /// Where a timer probe fires.
@@ -362,6 +381,8 @@ impl Capabilities {
     pub const USER: u32 = 1 << 7;
     /// The `Jump` request: dynamic probes entered by a jump.
     pub const JUMP: u32 = 1 << 8;
+    /// `Site::KernelSymbol` (kernel text named by symbol and offset).
+    pub const KERNEL_SYMBOL: u32 = 1 << 9;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {
@@ -371,7 +392,7 @@ impl Capabilities {
 
 impl fmt::Debug for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 9] = [
+        const NAMES: [(u32, &str); 10] = [
             (Capabilities::DYNAMIC, "dynamic"),
             (Capabilities::RETURN, "return"),
             (Capabilities::MARKER, "marker"),
@@ -381,6 +402,7 @@ impl fmt::Debug for Capabilities {
             (Capabilities::STACK_TRACE, "stack-trace"),
             (Capabilities::USER, "user"),
             (Capabilities::JUMP, "jump"),
+            (Capabilities::KERNEL_SYMBOL, "kernel-symbol"),
         ];
         let mut list = f.debug_set();
         for (bit, name) in NAMES {
@@ -662,6 +684,20 @@ impl Request<'_> {
                         ..
                     } => {
                         check((1..=MAX_PATH).contains(&path.len()), "path")?;
+                        check(
+                            entry_program.len().is_multiple_of(crate::isa::INSN_SIZE)
+                                && (*is_return || entry_program.is_empty()),
+                            "entry_program",
+                        )
+                    }
+                    Site::KernelSymbol {
+                        symbol,
+                        offset,
+                        is_return,
+                        entry_program,
+                    } => {
+                        check((1..=MAX_SYMBOL).contains(&symbol.len()), "symbol")?;
+                        check(!*is_return || *offset == 0, "offset")?;
                         check(
                             entry_program.len().is_multiple_of(crate::isa::INSN_SIZE)
                                 && (*is_return || entry_program.is_empty()),

@@ -76,6 +76,14 @@ fn site() -> impl Strategy<Value = Site<'static>> {
                     entry_program,
                 }
             ),
+        (text(256), any::<u64>(), any::<bool>(), bytes(64)).prop_map(
+            |(symbol, offset, is_return, entry_program)| Site::KernelSymbol {
+                symbol,
+                offset,
+                is_return,
+                entry_program,
+            }
+        ),
     ]
 }
 
@@ -593,6 +601,55 @@ fn bounds_are_validated() {
         Err(InvalidRequest {
             field: "entry_program"
         })
+    );
+}
+
+#[test]
+fn kernel_symbol_sites_have_a_fixed_encoding_and_bounds() {
+    let site = Site::KernelSymbol {
+        symbol: "f",
+        offset: 0x12,
+        is_return: false,
+        entry_program: &[],
+    };
+    let bytes = postcard::to_allocvec(&site).unwrap();
+    // Variant 5, the symbol (length then bytes), the offset as a varint, the bool,
+    // the entry program (length then bytes).
+    assert_eq!(bytes, [5, 1, b'f', 0x12, 0, 0]);
+    assert_eq!(postcard::from_bytes::<Site<'_>>(&bytes).unwrap(), site);
+    assert_eq!(
+        format!("{:?}", Capabilities(Capabilities::KERNEL_SYMBOL)),
+        r#"{"kernel-symbol"}"#
+    );
+    assert_eq!(Capabilities::KERNEL_SYMBOL, 0x200);
+    let request = |body| Request { seq: 1, body };
+    let arm = |site, program: &'static [u8]| RequestBody::Arm(ArmRequest { site, program });
+    let symbol = |symbol, offset, is_return, entry_program| Site::KernelSymbol {
+        symbol,
+        offset,
+        is_return,
+        entry_program,
+    };
+    let long: &'static str = Box::leak("f".repeat(MAX_SYMBOL + 1).into_boxed_str());
+    for (site, field) in [
+        (symbol("", 0, false, &[][..]), "symbol"),
+        (symbol(long, 0, false, &[]), "symbol"),
+        (symbol("f", 4, true, &[]), "offset"),
+        (symbol("f", 0, false, &[0; 8]), "entry_program"),
+        (symbol("f", 0, true, &[0; 7]), "entry_program"),
+    ] {
+        assert_eq!(
+            request(arm(site, &[])).validate(),
+            Err(InvalidRequest { field })
+        );
+    }
+    assert_eq!(
+        request(arm(symbol("f", 0, true, &[0; 8]), &[])).validate(),
+        Ok(())
+    );
+    assert_eq!(
+        request(arm(symbol("f", 3, false, &[]), &[])).validate(),
+        Ok(())
     );
 }
 

@@ -289,7 +289,8 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         (None, false) if args.port.is_some() || args.replay.is_some() => String::new(),
         (None, false) => return Err(usage("--kernel is needed (the image the kernel runs)")),
     };
-    // Without --kernel, only user-space points can be resolved (the Linux adapter).
+    // Without --kernel, only user-space points and exact kernel function names (for
+    // a stub that resolves them) can be resolved (the Linux adapter).
     let kernel = if kernel_name.is_empty() {
         None
     } else {
@@ -310,7 +311,7 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
                 status: 1,
                 error: anyhow::anyhow!(
                     "the script has errors (without --kernel, only user-space process(...) \
-                     points can be resolved)"
+                     points and kernel functions named exactly can be resolved)"
                 ),
                 quiet: false,
             });

@@ -78,10 +78,12 @@ pub fn check(
     }
 }
 
-/// Compiles `sources` with no kernel debuginfo: only user-space (`process(...)`)
-/// points resolve, in the traced files themselves.
+/// Compiles `sources` with no kernel debuginfo: user-space (`process(...)`) points
+/// resolve in the traced files themselves, kernel functions by exact name for a
+/// stub that resolves symbols (the session compiles again, without them if the
+/// stub cannot).
 pub fn check_user_space(sources: &Sources, options: &CompileOptions) -> Checked {
-    let (script, diagnostics) = compile(sources, &crate::uprobe::UserResolver, options);
+    let (script, diagnostics) = compile(sources, &crate::uprobe::KernelSymbolResolver, options);
     Checked {
         failed: diagnostics.iter().any(Diagnostic::is_error),
         rendered: render(sources, &diagnostics),

@@ -375,10 +375,12 @@ pub fn run<S: TimedRead>(
     run_with(port, Some(kernel), sources, options, output, stop)
 }
 
-/// [`run`] without the kernel's debuginfo, for scripts whose points are all in user
-/// space (`process(...)`, served by the Linux adapter): names are resolved in the
-/// traced files themselves ([`crate::uprobe::UserResolver`]), no build-id is
-/// checked and addresses are not symbolised.
+/// [`run`] without the kernel's debuginfo, for the Linux adapter: user-space points
+/// (`process(...)`) are resolved in the traced files themselves
+/// ([`crate::uprobe::UserResolver`]); kernel functions, when the stub announces
+/// `KERNEL_SYMBOL`, are sent by name for the kernel to resolve
+/// ([`crate::uprobe::KernelSymbolResolver`]). No build-id is checked and addresses
+/// are not symbolised.
 pub fn run_user_space<S: TimedRead>(
     port: &mut Port<S>,
     sources: &Sources,
@@ -464,6 +466,12 @@ impl<S: TimedRead> Session<'_, '_, S> {
             Some(kernel) => compile(
                 sources,
                 &DwarfResolver::new(kernel, markers),
+                &compile_options,
+            ),
+            // The stub names kernel functions itself (PROTOCOL.md §8.10).
+            None if capabilities.has(Capabilities::KERNEL_SYMBOL) => compile(
+                sources,
+                &crate::uprobe::KernelSymbolResolver,
                 &compile_options,
             ),
             None => compile(sources, &crate::uprobe::UserResolver, &compile_options),

@@ -354,9 +354,137 @@ impl Resolver for UserResolver {
     }
 }
 
+/// [`UserResolver`] for a stub that resolves kernel symbols itself (capability
+/// `KERNEL_SYMBOL`, PROTOCOL.md §8.10: the Linux adapter in a kernel with
+/// kprobes): `kernel.function("name")[.return]` compiles to a site naming the
+/// function, which the running kernel looks up when the probe is armed. Exact
+/// names only; registers (`reg("rdi")`) and `$return` but no typed variables.
+///
+/// The simplest correct design: the names are the running kernel's own (its
+/// kallsyms), so nothing on the client can disagree with them, and no symbol table
+/// crosses the port. A name the kernel does not know is refused by `Arm`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelSymbolResolver;
+
+impl Resolver for KernelSymbolResolver {
+    fn functions(&self, pattern: &str) -> Vec<Function> {
+        UserResolver.functions(pattern)
+    }
+
+    fn instruction(&self, address: u64) -> Result<Vec<u8>, SiteRefusal> {
+        UserResolver.instruction(address)
+    }
+
+    fn statements(&self, file: &str, line: u32) -> Result<Vec<StatementSite>, ResolveError> {
+        UserResolver.statements(file, line)
+    }
+
+    fn variables(&self, function: &Function, address: u64) -> Result<Vec<Variable>, ResolveError> {
+        UserResolver.variables(function, address)
+    }
+
+    fn markers(&self, pattern: &str) -> Vec<Marker> {
+        UserResolver.markers(pattern)
+    }
+
+    fn find_type(&self, kind: TypeKind, name: &str) -> Option<TypeId> {
+        UserResolver.find_type(kind, name)
+    }
+
+    fn type_info(&self, id: TypeId) -> Option<TypeInfo> {
+        UserResolver.type_info(id)
+    }
+
+    fn kernel_symbols(&self) -> bool {
+        true
+    }
+
+    fn user_site(&self, path: &str, target: &UserTarget) -> Result<UserSite, ResolveError> {
+        user_site(path, target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lang::compiled::SiteSpec;
+    use lang::source::Sources;
+    use lang::{CompileOptions, compile};
+
+    fn compiled(
+        text: &str,
+        resolver: &dyn Resolver,
+    ) -> (Option<lang::compiled::CompiledScript>, String) {
+        let mut sources = Sources::new();
+        sources.add_script("t.probe", text);
+        let (script, diagnostics) = compile(&sources, resolver, &CompileOptions::default());
+        (script, lang::diagnostic::render(&sources, &diagnostics))
+    }
+
+    #[test]
+    fn kernel_functions_compile_to_symbol_sites_when_the_stub_resolves_them() {
+        let (script, rendered) = compiled(
+            r#"probe kernel.function("__x64_sys_getppid") { @n[reg("rdi")] = count(); }
+               probe kernel.function("__x64_sys_getppid").return { @r = max($return); }
+               probe kernel.function("do_sys_openat2+0x4") { @o = count(); }"#,
+            &KernelSymbolResolver,
+        );
+        let script = script.unwrap_or_else(|| panic!("{rendered}"));
+        let sites: Vec<&SiteSpec> = script
+            .probes
+            .iter()
+            .flat_map(|probe| &probe.attachments)
+            .map(|attachment| &attachment.site)
+            .collect();
+        let symbol = |symbol: &str, offset, is_return| SiteSpec::KernelSymbol {
+            symbol: symbol.to_string(),
+            offset,
+            is_return,
+        };
+        assert_eq!(
+            sites,
+            [
+                &symbol("__x64_sys_getppid", 0, false),
+                &symbol("__x64_sys_getppid", 0, true),
+                &symbol("do_sys_openat2", 4, false),
+            ]
+        );
+        // Without the stub's resolution, kernel functions are unknown.
+        let (script, rendered) = compiled(
+            r#"probe kernel.function("__x64_sys_getppid") { @n = count(); }"#,
+            &UserResolver,
+        );
+        assert!(
+            script.is_none() && rendered.contains("no function matches"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn symbol_sites_take_exact_names_and_have_no_variables() {
+        for (text, expected) in [
+            (
+                r#"probe kernel.function("sys_*") { @n = count(); }"#,
+                "is a pattern",
+            ),
+            (
+                r#"probe kernel.function("__x64_sys_getppid") { @n = max($regs); }"#,
+                "unknown variable `$regs`",
+            ),
+            (
+                r#"probe kernel.function("__x64_sys_getppid") { @n = max($return); }"#,
+                "only known in `.return` probes",
+            ),
+            (
+                r#"probe kernel.function("__x64_sys_getppid+4").return { @n = count(); }"#,
+                "a `.return` probe cannot have an offset",
+            ),
+        ] {
+            let (script, rendered) = compiled(text, &KernelSymbolResolver);
+            assert!(script.is_none(), "{text}");
+            assert!(rendered.contains(expected), "{text}:\n{rendered}");
+        }
+    }
 
     #[test]
     fn usdt_arguments_name_dwarf_registers() {

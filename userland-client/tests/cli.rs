@@ -204,8 +204,23 @@ fn usage_errors_exit_2() {
         "unix:/nonexistent",
     ]);
     assert_eq!(output.status.code(), Some(1));
-    // Without --kernel only user-space points resolve: a kernel point is an error
-    // that says so, before anything connects.
+    // Without --kernel only user-space points and exact kernel function names
+    // (for a stub that resolves them) compile: a kernel pattern is an error that
+    // says so, before anything connects.
+    let output = probeport(&[
+        "run",
+        "-e",
+        "probe kernel.function(\"port_*\") { exit(); }",
+        "--port",
+        "unix:/nonexistent",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("only user-space process(...) points"),
+        "{}",
+        text(&output.stderr)
+    );
+    // An exact kernel function name gets as far as the port.
     let output = probeport(&[
         "run",
         "-e",
@@ -215,7 +230,7 @@ fn usage_errors_exit_2() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        text(&output.stderr).contains("only user-space process(...) points"),
+        text(&output.stderr).contains("cannot open the probe port"),
         "{}",
         text(&output.stderr)
     );

@@ -4,13 +4,13 @@
 //! # Design
 //!
 //! ```text
-//! client ──port (Unix socket)──▶ server ──▶ session ──translate──▶ BPF program ──bpf()──▶ kernel
-//!                                                    uprobe PMU ◀──perf_event_open──┘
+//! client ──port (Unix socket, serial line)──▶ server ──▶ session ──translate──▶ BPF program ──bpf()──▶ kernel
+//!                                             uprobe and kprobe PMUs ◀──perf_event_open──┘
 //! client ◀── Event / Lost ◀── session::drain ◀── BPF ring buffer ◀── programs
 //! ```
 //!
 //! - [`server`]: the root-only socket, peer credentials, one client at a time,
-//!   lease and end-of-stream handling.
+//!   lease and end-of-stream handling; [`serial`]: the same on a raw serial line.
 //! - [`session`]: one handler per request, as the demo stub answers them; owns
 //!   every kernel object of the session, so ending it closes them all.
 //! - [`translate`]: our verified handler programs into Linux BPF (pure, tested on
@@ -25,6 +25,7 @@
 //! - Every kernel object is an owned descriptor of the session; nothing outlives
 //!   the client's session.
 
+pub mod serial;
 pub mod server;
 pub mod session;
 pub mod sys;

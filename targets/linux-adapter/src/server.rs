@@ -12,7 +12,7 @@
 //! dropped, which closes every kernel object it created.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -112,7 +112,7 @@ pub fn privileged(stream: &UnixStream) -> bool {
             .is_ok_and(|status| has_tracing_capability(&status))
 }
 
-fn send(stream: &mut UnixStream, message: &StubMessage<'_>) -> io::Result<()> {
+fn send(stream: &mut impl Write, message: &StubMessage<'_>) -> io::Result<()> {
     let frame = encode_message_vec(message).map_err(|_| io::Error::other("unencodable message"))?;
     stream.write_all(&frame)
 }
@@ -177,8 +177,21 @@ fn refuse_busy(mut stream: UnixStream) {
 
 /// Serves one connection to its end. Every kernel object of the session is
 /// closed when this returns, however it returns.
-pub fn serve_one(mut stream: UnixStream, pmu: UprobePmu, config: &Config) -> io::Result<()> {
+pub fn serve_one(stream: UnixStream, pmu: UprobePmu, config: &Config) -> io::Result<()> {
     let allowed = privileged(&stream);
+    serve_stream(stream, allowed, pmu, config)
+}
+
+/// Serves one client on any byte stream (a Unix socket, a serial device) to its
+/// end: `Goodbye`, end of stream, or lease expiry. `allowed` says whether the
+/// client holds the right to the port; if not, its first request gets
+/// `NOT_PRIVILEGED` and the stream is left.
+pub fn serve_stream<S: Read + Write + AsFd>(
+    mut stream: S,
+    allowed: bool,
+    pmu: UprobePmu,
+    config: &Config,
+) -> io::Result<()> {
     let mut session = Session::new(pmu, config.lease_ms, config.ring_bytes)?;
     let mut decoder = Box::new(DefaultFrameDecoder::new());
     let mut buffer = vec![0u8; 64 * 1024];
@@ -187,7 +200,7 @@ pub fn serve_one(mut stream: UnixStream, pmu: UprobePmu, config: &Config) -> io:
     loop {
         let mut descriptors = [
             libc::pollfd {
-                fd: stream.as_raw_fd(),
+                fd: stream.as_fd().as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },

@@ -6,9 +6,11 @@
 //! [`Session`] holds the session's BPF maps, programs, perf events and ring buffer
 //! as owning values. Ending the session (goodbye, end of stream, lease expiry) is
 //! dropping it: each descriptor closes, which detaches the programs, removes the
-//! uprobes and frees the maps. Replies follow the demo stub's (`kernel-stub`
-//! `session.rs`) for every request both understand; what only the stub can do
-//! (kernel text sites, markers, timers, kernel memory reads) is `UNSUPPORTED`.
+//! uprobes and kprobes and frees the maps. Replies follow the demo stub's
+//! (`kernel-stub` `session.rs`) for every request both understand; what only the
+//! stub can do (kernel text sites by address, markers, timers, kernel memory reads)
+//! is `UNSUPPORTED`. Kernel text named by symbol (`Site::KernelSymbol`) is a kprobe
+//! when the kernel has a kprobe PMU.
 //!
 //! Events: the translated programs write records to one BPF ring buffer with a
 //! per-CPU sequence number taken from a per-CPU counter before each attempt, and
@@ -31,7 +33,9 @@ use probe_port_protocol::message::{
 };
 use probe_port_protocol::verifier::{ProgramKind, VerifierConfig, verify_alloc};
 
-use crate::sys::{self, BpfMap, BpfProgram, RingBuffer, UprobeEvent, UprobePmu, map_type};
+use crate::sys::{
+    self, BpfMap, BpfProgram, KprobePmu, ProbeEvent, RingBuffer, UprobePmu, map_type,
+};
 use crate::translate::{
     self, ENTRY_RECORD, Environment, LinuxMap, RECORD_HEADER, Role, counter, stat,
 };
@@ -156,7 +160,7 @@ struct SessionMap {
 struct Probe {
     /// The site's perf events: the probe itself, then (return sites with an entry
     /// program) the entry probe.
-    events: Vec<UprobeEvent>,
+    events: Vec<ProbeEvent>,
     /// Kept open while the events use them.
     _programs: Vec<BpfProgram>,
 }
@@ -189,6 +193,8 @@ struct Shared {
 /// A session on the probe port, from `Hello` to its end.
 pub struct Session {
     pmu: UprobePmu,
+    /// The kprobe PMU, when the kernel has kprobes (`Site::KernelSymbol`).
+    kprobes: Option<KprobePmu>,
     cpus: usize,
     lease_ms: u32,
     ring_bytes: usize,
@@ -261,6 +267,7 @@ impl Session {
         let cpus = sys::possible_cpus()?;
         Ok(Session {
             pmu,
+            kprobes: KprobePmu::discover().ok(),
             cpus,
             lease_ms,
             ring_bytes,
@@ -428,7 +435,15 @@ impl Session {
                     max_record: STACK_SIZE as u32,
                     return_depth: 64,
                 },
-                capabilities: Capabilities(Capabilities::USER | Capabilities::READ_USER),
+                capabilities: Capabilities(
+                    Capabilities::USER
+                        | Capabilities::READ_USER
+                        | if self.kprobes.is_some() {
+                            Capabilities::KERNEL_SYMBOL
+                        } else {
+                            0
+                        },
+                ),
                 lease_ms: self.lease_ms,
             },
         }
@@ -573,6 +588,15 @@ impl Session {
     }
 
     fn arm(&mut self, arm: &ArmRequest<'_>) -> Outcome {
+        if let Site::KernelSymbol {
+            symbol,
+            offset,
+            is_return,
+            entry_program,
+        } = arm.site
+        {
+            return self.arm_kernel(symbol, offset, is_return, entry_program, arm.program);
+        }
         let Site::User {
             path,
             file_offset,
@@ -581,7 +605,10 @@ impl Session {
             entry_program,
         } = arm.site
         else {
-            return error_text(ErrorCode::UNSUPPORTED, "only user-space sites on Linux");
+            return error_text(
+                ErrorCode::UNSUPPORTED,
+                "only user-space sites and kernel symbols on Linux",
+            );
         };
         if self.next_probe > MAX_PROBES {
             return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
@@ -623,11 +650,97 @@ impl Session {
             entry.map(|entry| (entry, false, 0)),
         ];
         for (program, at_return, semaphore) in parts.into_iter().flatten() {
-            let event = match UprobeEvent::open(&self.pmu, file, file_offset, at_return, semaphore)
-            {
+            let event = match ProbeEvent::open(&self.pmu, file, file_offset, at_return, semaphore) {
                 Ok(event) => event,
                 Err(cause) => {
                     return error_text(ErrorCode::UNSUPPORTED, &format!("uprobe: {cause}"));
+                }
+            };
+            if let Err(cause) = event.attach(&program) {
+                return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+            }
+            events.push(event);
+            programs.push(program);
+        }
+        let armed = Probe {
+            events,
+            _programs: programs,
+        };
+        if self.started
+            && let Err(cause) = armed.set_enabled(true)
+        {
+            return error_text(ErrorCode::UNSUPPORTED, &format!("enable: {cause}"));
+        }
+        self.next_probe += 1;
+        self.probes.insert(probe, armed);
+        Outcome::Body(ReplyBody::Armed {
+            probe: ProbeId(probe),
+        })
+    }
+
+    /// A kprobe (kretprobe with `is_return`) at `symbol + offset`, named for the
+    /// kernel to resolve (PROTOCOL.md §8.10).
+    fn arm_kernel(
+        &mut self,
+        symbol: &str,
+        offset: u64,
+        is_return: bool,
+        entry_program: &[u8],
+        program: &[u8],
+    ) -> Outcome {
+        let Some(pmu) = self.kprobes else {
+            return error_text(ErrorCode::UNSUPPORTED, "kernel symbol sites: no kprobe PMU");
+        };
+        if self.next_probe > MAX_PROBES {
+            return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
+        }
+        // As at user return sites: at a kretprobe `sp` is the entry's plus 8 (the
+        // return address popped), so the entry records' key is the same.
+        let with_entry = is_return && !entry_program.is_empty();
+        if with_entry && let Err(outcome) = self.entry_maps() {
+            return *outcome;
+        }
+        let probe = self.next_probe;
+        let role = if with_entry {
+            Role::Return
+        } else {
+            Role::Probe {
+                at_return: is_return,
+            }
+        };
+        let main = match self.load(program, role, probe) {
+            Ok(loaded) => loaded,
+            Err(outcome) => return *outcome,
+        };
+        let entry = if with_entry {
+            match self.load(entry_program, Role::Entry, probe) {
+                Ok(loaded) => Some(loaded),
+                Err(outcome) => return *outcome,
+            }
+        } else {
+            None
+        };
+        // The return probe first: enabled first, a frame entered in between is a
+        // counted miss rather than an entry record nobody takes.
+        let mut events = Vec::new();
+        let mut programs = Vec::new();
+        for (program, at_return) in [Some((main, is_return)), entry.map(|entry| (entry, false))]
+            .into_iter()
+            .flatten()
+        {
+            let event = match ProbeEvent::open_kprobe(&pmu, symbol, offset, at_return) {
+                Ok(event) => event,
+                Err(cause) => {
+                    eprintln!("probeport-linuxd: kprobe {symbol}+{offset:#x}: {cause}");
+                    return match cause.raw_os_error() {
+                        // The kernel's symbol table has no such name.
+                        Some(libc::ENOENT) => error_text(ErrorCode::INVALID_ARGUMENT, "symbol"),
+                        // The offset is not the start of an instruction.
+                        Some(libc::EILSEQ) => {
+                            error_text(ErrorCode::UNSUPPORTED, "not an instruction boundary")
+                        }
+                        _ => error_text(ErrorCode::UNSUPPORTED, &format!("kprobe: {cause}")),
+                    };
                 }
             };
             if let Err(cause) = event.attach(&program) {

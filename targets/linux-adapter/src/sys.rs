@@ -1,5 +1,6 @@
 //! Thin wrappers of the kernel interfaces the adapter uses: `bpf()`,
-//! `perf_event_open()` on the uprobe PMU, and the BPF ring buffer's shared pages.
+//! `perf_event_open()` on the uprobe and kprobe PMUs, and the BPF ring buffer's
+//! shared pages.
 //!
 //! # Design
 //!
@@ -343,6 +344,32 @@ impl UprobePmu {
     }
 }
 
+/// The kprobe PMU as sysfs describes it (absent on kernels without kprobes, such
+/// as the build machines').
+#[derive(Clone, Copy, Debug)]
+pub struct KprobePmu {
+    /// `perf_event_attr.type` for kprobes.
+    pub kind: u32,
+    /// Bit of `config` that makes a return probe (`format/retprobe`).
+    pub retprobe_bit: u32,
+}
+
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
+impl KprobePmu {
+    /// Reads the PMU's type and format bits from sysfs.
+    pub fn discover() -> io::Result<KprobePmu> {
+        let read = |name: &str| std::fs::read_to_string(format!("{KPROBE_PMU}/{name}"));
+        let kind = read("type")?
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::other("unreadable kprobe PMU type"))?;
+        let retprobe_bit = format_bit(&read("format/retprobe")?)
+            .ok_or_else(|| io::Error::other("unreadable kprobe PMU retprobe format"))?;
+        Ok(KprobePmu { kind, retprobe_bit })
+    }
+}
+
 /// `PERF_EVENT_IOC_ENABLE`.
 const IOC_ENABLE: libc::c_ulong = 0x2400;
 /// `PERF_EVENT_IOC_DISABLE`.
@@ -354,13 +381,59 @@ const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 /// Size of the `perf_event_attr` passed (`PERF_ATTR_SIZE_VER5` is 112).
 const PERF_ATTR_SIZE: usize = 128;
 
-/// A uprobe perf event, owned; closing it detaches the program and removes the probe.
+/// A uprobe or kprobe perf event, owned; closing it detaches the program and
+/// removes the probe.
 #[derive(Debug)]
-pub struct UprobeEvent {
+pub struct ProbeEvent {
     fd: OwnedFd,
 }
 
-impl UprobeEvent {
+/// Opens a disabled system-wide probe event (pid -1, CPU 0) of PMU type `kind`.
+fn open_probe_event(kind: u32, config: u64, config1: u64, config2: u64) -> io::Result<OwnedFd> {
+    let mut attr = [0u8; PERF_ATTR_SIZE];
+    put_u32(&mut attr, 0, kind);
+    put_u32(&mut attr, 4, PERF_ATTR_SIZE as u32);
+    put_u64(&mut attr, 8, config);
+    put_u64(&mut attr, 16, 1); // sample_period
+    put_u64(&mut attr, 40, 1); // flags: disabled
+    put_u64(&mut attr, 56, config1);
+    put_u64(&mut attr, 64, config2);
+    // SAFETY: `attr` is a zeroed perf_event_attr of the size it announces; a
+    // pointer in `config1` is the caller's, valid during the call (the kernel
+    // copies the string).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1 as libc::pid_t,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned(fd))
+}
+
+impl ProbeEvent {
+    /// Opens a disabled system-wide kprobe (kretprobe with `is_return`) at
+    /// `symbol + offset`: `config1` points to the symbol (`kprobe_func`),
+    /// `config2` is the offset (`probe_offset`); the kernel resolves the name.
+    pub fn open_kprobe(
+        pmu: &KprobePmu,
+        symbol: &str,
+        offset: u64,
+        is_return: bool,
+    ) -> io::Result<ProbeEvent> {
+        let symbol =
+            CString::new(symbol).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let config = if is_return { 1 << pmu.retprobe_bit } else { 0 };
+        let fd = open_probe_event(pmu.kind, config, symbol.as_ptr() as u64, offset)?;
+        Ok(ProbeEvent { fd })
+    }
+
     /// Opens a disabled system-wide uprobe (pid -1, CPU 0) on `path` at
     /// `file_offset`.
     pub fn open(
@@ -369,7 +442,7 @@ impl UprobeEvent {
         file_offset: u64,
         is_return: bool,
         ref_ctr_offset: u64,
-    ) -> io::Result<UprobeEvent> {
+    ) -> io::Result<ProbeEvent> {
         let path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mut config = 0u64;
@@ -382,30 +455,9 @@ impl UprobeEvent {
                 .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
             config |= ref_ctr_offset << shift;
         }
-        let mut attr = [0u8; PERF_ATTR_SIZE];
-        put_u32(&mut attr, 0, pmu.kind);
-        put_u32(&mut attr, 4, PERF_ATTR_SIZE as u32);
-        put_u64(&mut attr, 8, config);
-        put_u64(&mut attr, 16, 1); // sample_period
-        put_u64(&mut attr, 40, 1); // flags: disabled
-        put_u64(&mut attr, 56, path.as_ptr() as u64); // config1: uprobe_path
-        put_u64(&mut attr, 64, file_offset); // config2: probe_offset
-        // SAFETY: `attr` is a zeroed perf_event_attr of the size it announces;
-        // `path` outlives the call (the kernel copies the string).
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                attr.as_ptr(),
-                -1 as libc::pid_t,
-                0 as libc::c_int,
-                -1 as libc::c_int,
-                PERF_FLAG_FD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(UprobeEvent { fd: owned(fd) })
+        // config1: uprobe_path, config2: probe_offset.
+        let fd = open_probe_event(pmu.kind, config, path.as_ptr() as u64, file_offset)?;
+        Ok(ProbeEvent { fd })
     }
 
     fn ioctl(&self, request: libc::c_ulong, argument: libc::c_ulong) -> io::Result<()> {

@@ -374,3 +374,41 @@ fn a_second_client_is_refused_while_a_session_is_open() {
         }
     }
 }
+
+#[test]
+fn kernel_symbol_sites_follow_the_kprobe_pmu() {
+    let daemon = Daemon::start(&[]);
+    let stream = UnixStream::connect(&daemon.socket).expect("connect");
+    let mut port = Port::new(stream);
+    port.set_timeout(Duration::from_secs(20));
+    let reply = port.hello("kprobe pmu").expect("hello");
+    let Ok(ReplyBody::Hello(hello)) = reply.ok() else {
+        panic!("{:?}", reply.get());
+    };
+    let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    assert_eq!(
+        hello
+            .capabilities
+            .has(probe_port_protocol::message::Capabilities::KERNEL_SYMBOL),
+        has_kprobes
+    );
+    if !has_kprobes {
+        // The build machines' kernel: refused, nothing armed.
+        let reply = arm(
+            &mut port,
+            Site::KernelSymbol {
+                symbol: "__x64_sys_getpid",
+                offset: 0,
+                is_return: false,
+                entry_program: &[],
+            },
+            &program("mov64 r0, 0\nexit"),
+        );
+        let error = reply.get().expect_err("refused");
+        assert_eq!(error.code, ErrorCode::UNSUPPORTED);
+        assert_eq!(
+            error.detail,
+            ErrorDetail::Text("kernel symbol sites: no kprobe PMU")
+        );
+    }
+}

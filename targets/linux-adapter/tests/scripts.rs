@@ -250,3 +250,54 @@ fn entry_values_reach_the_return_probe() {
         "{maps}"
     );
 }
+
+/// On a kernel without kprobes (the build machines') the daemon does not announce
+/// `KERNEL_SYMBOL`, so the client's session compiles without kernel functions and
+/// a script naming one fails to compile, with nothing armed; on a kernel with them
+/// the script runs (the QEMU guest tests check what it counts).
+#[test]
+fn kernel_functions_compile_only_for_a_daemon_with_kprobes() {
+    use std::sync::atomic::AtomicBool;
+    use userland_client::session::{
+        Output, OutputFormat, SessionError, SessionOptions, run_user_space,
+    };
+    let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    let daemon = Daemon::start(&[]);
+    let stream = std::os::unix::net::UnixStream::connect(&daemon.socket).expect("connect");
+    let mut port = userland_client::port::Port::new(stream);
+    port.set_timeout(Duration::from_secs(20));
+    let mut sources = Sources::new();
+    sources.add_script(
+        "kernel.probe",
+        r#"probe kernel.function("__x64_sys_getpid") { @n = count(); }"#,
+    );
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut output = Output {
+        out: &mut out,
+        err: &mut err,
+        format: OutputFormat::Text,
+    };
+    let result = run_user_space(
+        &mut port,
+        &sources,
+        &SessionOptions {
+            duration: Some(Duration::from_millis(200)),
+            ..SessionOptions::default()
+        },
+        &mut output,
+        &AtomicBool::new(false),
+    );
+    match result {
+        Err(SessionError::Compile { rendered }) if !has_kprobes => {
+            assert!(rendered.contains("no function matches"), "{rendered}");
+        }
+        Ok(_) if has_kprobes => {}
+        other => panic!("kprobes: {has_kprobes}, {other:?}"),
+    }
+    assert!(
+        daemon
+            .kernel_object_fds()
+            .iter()
+            .all(|fd| !fd.contains("perf_event"))
+    );
+}

@@ -1,19 +1,24 @@
-//! `probeport-linuxd`: serves the probe port on a Unix socket on Linux.
+//! `probeport-linuxd`: serves the probe port on a Unix socket or a serial line on
+//! Linux.
 //!
-//! Usage: `probeport-linuxd SOCKET [--lease-ms N] [--ring-bytes N] [--socket-mode OCTAL]`.
-//! The socket is root-only (0600) unless `--socket-mode` says otherwise; peers are
-//! checked for uid 0, `CAP_PERFMON` or `CAP_SYS_ADMIN` in any case.
+//! Usage: `probeport-linuxd (SOCKET | --serial DEVICE) [--lease-ms N] [--ring-bytes N]
+//! [--socket-mode OCTAL]`. The socket is root-only (0600) unless `--socket-mode`
+//! says otherwise; peers are checked for uid 0, `CAP_PERFMON` or `CAP_SYS_ADMIN` in
+//! any case. A serial line is put in raw 8N1 mode; whoever can open it holds the
+//! port.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use linux_adapter::serial;
 use linux_adapter::server::{self, Config};
 use linux_adapter::sys::UprobePmu;
 
 fn run() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut socket: Option<PathBuf> = None;
+    let mut serial: Option<PathBuf> = None;
     let mut config = Config::default();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -32,15 +37,29 @@ fn run() -> anyhow::Result<()> {
                 let value = args.next().context("--socket-mode needs a value")?;
                 config.socket_mode = u32::from_str_radix(&value, 8).context("--socket-mode")?;
             }
+            "--serial" => {
+                serial = Some(PathBuf::from(
+                    args.next().context("--serial needs a device")?,
+                ));
+            }
             other if other.starts_with('-') => bail!("unknown option {other}"),
             path => socket = Some(PathBuf::from(path)),
         }
     }
-    let socket = socket.context(
-        "usage: probeport-linuxd SOCKET [--lease-ms N] [--ring-bytes N] [--socket-mode OCTAL]",
-    )?;
     let pmu =
         UprobePmu::discover().context("the uprobe PMU (/sys/bus/event_source/devices/uprobe)")?;
+    if let Some(device) = serial {
+        if socket.is_some() {
+            bail!("a socket and --serial: choose one");
+        }
+        serial::serve(&device, pmu, &config)
+            .with_context(|| format!("serial line {}", device.display()))?;
+        return Ok(());
+    }
+    let socket = socket.context(
+        "usage: probeport-linuxd (SOCKET | --serial DEVICE) [--lease-ms N] [--ring-bytes N] \
+         [--socket-mode OCTAL]",
+    )?;
     let listener = server::bind(&socket, &config)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     eprintln!("probeport-linuxd: serving {}", socket.display());
