@@ -100,10 +100,16 @@ fn trace(name: &str) -> Traced {
         &AtomicBool::new(false),
     );
     // After the client's goodbye the kernel checks its workload and gives its
-    // verdict; wait for it so that the done line is on the console.
+    // verdict; wait for the whole verdict line (the console file may end in the
+    // middle of it) so that the done line is on the console.
+    let verdict_written = |console: &str| {
+        console
+            .find("VERDICT:")
+            .is_some_and(|at| console[at..].contains('\n'))
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut console = target.console().unwrap_or_default();
-    while !console.contains("VERDICT:") && Instant::now() < deadline {
+    while !verdict_written(&console) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         console = target.console().unwrap_or_default();
     }
