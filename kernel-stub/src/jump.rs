@@ -241,21 +241,13 @@ pub(crate) fn build(
 
 /// Whether `bytes` (one instruction) is an indirect `call` or `jmp` (`FF /2../5`),
 /// which [`arch::prepare`] may run out of line but which never reaches the
-/// detour's jump back.
+/// detour's jump back. Undecodable bytes count as one (prepare refused them first).
 fn transfers_control(bytes: &[u8]) -> bool {
-    let mut rest = bytes;
-    while let [prefix, tail @ ..] = rest {
-        if matches!(
-            prefix,
-            0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65
-        ) || (0x40..=0x4f).contains(prefix)
-        {
-            rest = tail;
-        } else {
-            break;
-        }
-    }
-    matches!(rest, [0xff, modrm, ..] if (2..=5).contains(&((modrm >> 3) & 7)))
+    arch::decode::decode(bytes).is_none_or(|instruction| {
+        instruction.map() == arch::decode::OpcodeMap::Primary
+            && instruction.opcode() == 0xff
+            && instruction.reg().is_some_and(|reg| (2..=5).contains(&reg))
+    })
 }
 
 /// The jump written at `address` to `target`: `jmp rel32`, if it reaches.

@@ -17,14 +17,6 @@ use probe_port_protocol::message::{ErrorDetail, ProbeId, ReplyBody, RequestBody,
 
 const STACK_TOP: u64 = STACK_BASE + 0x8000;
 
-/// The relative jump at `at` (opcode `e9`): its target.
-fn jump_target(sim: &Sim, at: u64) -> u64 {
-    let bytes = sim.read(at, 5);
-    assert_eq!(bytes[0], 0xe9, "a rel32 jump at {at:#x}");
-    let rel = i32::from_le_bytes(bytes[1..5].try_into().unwrap());
-    (at + 5).wrapping_add(rel as i64 as u64)
-}
-
 #[test]
 fn arm_start_hit_stop_disarm_leaves_the_text_as_it_was() {
     let stub = new_stub!();

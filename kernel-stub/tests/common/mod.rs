@@ -778,6 +778,14 @@ pub(crate) fn call_registers(pc: u64, rsp: u64, args: &[u64]) -> TrapRegisters {
     regs
 }
 
+/// The target of the `jmp rel32` (opcode `e9`) at `at` in the simulated memory.
+pub(crate) fn jump_target(sim: &Sim, at: u64) -> u64 {
+    let bytes = sim.read(at, 5);
+    assert_eq!(bytes[0], 0xe9, "a rel32 jump at {at:#x}");
+    let rel = i32::from_le_bytes(bytes[1..5].try_into().unwrap());
+    (at + 5).wrapping_add(rel as i64 as u64)
+}
+
 /// The slot address of the `index`th probe slot (1-based).
 pub(crate) fn slot_address(index: usize) -> u64 {
     AREA_BASE + (index * SLOT_SIZE) as u64
