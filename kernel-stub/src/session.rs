@@ -305,6 +305,23 @@ fn overlay_originals(sites: &[SiteRecord], address: u64, bytes: &mut [u8]) {
     }
 }
 
+/// Code written into out-of-line slots.
+trait SlotContents {
+    fn bytes(&self) -> &[u8];
+}
+
+impl SlotContents for (arch::Displaced, arch::SlotCode) {
+    fn bytes(&self) -> &[u8] {
+        self.1.bytes()
+    }
+}
+
+impl SlotContents for jump::Detour {
+    fn bytes(&self) -> &[u8] {
+        jump::Detour::bytes(self)
+    }
+}
+
 /// The first offset, a multiple of `align`, where `len` units fit in `0..capacity`
 /// between the `(start, len)` ranges of `used` (sorted here).
 fn first_fit(used: &mut [(u32, u32)], len: usize, capacity: usize, align: usize) -> Option<usize> {
@@ -1125,9 +1142,8 @@ impl<P: Platform> Stub<P> {
     }
 
     /// The out-of-line slot that runs the instruction at `address` (`code`, its
-    /// bytes): the slot written for this address earlier in the boot if it holds
-    /// exactly the code this arming would write, else a fresh one, written now.
-    /// Returns the displaced instruction prepared for that slot and its address.
+    /// bytes), written once per boot (see [`Stub::write_once_slots`]). Returns the
+    /// displaced instruction prepared for that slot and its address.
     fn out_of_line_slot(
         &self,
         session: &mut Session,
@@ -1135,43 +1151,66 @@ impl<P: Platform> Stub<P> {
         code: &[u8],
         slot_count: usize,
     ) -> Result<(arch::Displaced, u64), Refusal> {
+        let ((displaced, _), slot) =
+            self.write_once_slots(session, address, 1, slot_count, |slot| {
+                arch::prepare(address, code, slot)
+                    .map_err(|_| refuse_address(ErrorCode::UNRELOCATABLE, address))
+            })?;
+        Ok((displaced, slot))
+    }
+
+    /// A run of `count` out-of-line slots holding the code `build` gives for the
+    /// run's address, tagged `owner` (the first slot; the others `u64::MAX`, which
+    /// no search takes): the run written for `owner` earlier in the boot if it
+    /// holds exactly that code, else fresh slots, written now. Slots are written
+    /// once per boot: a thread may be preempted inside one. Returns what `build`
+    /// gave and the run's address.
+    fn write_once_slots<T: SlotContents>(
+        &self,
+        session: &mut Session,
+        owner: u64,
+        count: usize,
+        slot_count: usize,
+        mut build: impl FnMut(u64) -> Result<T, Refusal>,
+    ) -> Result<(T, u64), Refusal> {
         let area = self.platform.out_of_line_area();
         let slot_address = |slot: usize| area.start + (slot * SLOT_SIZE) as u64;
         let used = (session.slots_used as usize).min(slot_count);
         for slot in 1..=used {
-            if session.slot_owners.get(slot) != Some(&address) {
+            if session.slot_owners.get(slot) != Some(&owner) {
                 continue;
             }
-            let Ok((displaced, slot_code)) = arch::prepare(address, code, slot_address(slot))
-            else {
+            let Ok(built) = build(slot_address(slot)) else {
                 continue;
             };
-            let wanted = slot_code.bytes();
-            let mut held = [0u8; SLOT_SIZE];
-            let held = &mut held[..wanted.len()];
+            let wanted = built.bytes();
+            let Some(held) = session.buffer.get_mut(..wanted.len()) else {
+                continue;
+            };
             if self.platform.read_kernel(held, slot_address(slot)).is_ok() && held == wanted {
-                return Ok((displaced, slot_address(slot)));
+                return Ok((built, slot_address(slot)));
             }
         }
-        if used >= slot_count {
+        let first = used + 1;
+        if first + count - 1 > slot_count {
             return Err(refuse_value(ErrorCode::NO_SPACE, slot_count as u64));
         }
-        let slot = used + 1;
-        let Ok((displaced, slot_code)) = arch::prepare(address, code, slot_address(slot)) else {
-            return Err(refuse_address(ErrorCode::UNRELOCATABLE, address));
-        };
+        let built = build(slot_address(first))?;
         if self
             .platform
-            .write_text(slot_address(slot), slot_code.bytes())
+            .write_text(slot_address(first), built.bytes())
             .is_err()
         {
-            return Err(refuse_address(ErrorCode::UNSUPPORTED, slot_address(slot)));
+            return Err(refuse_address(ErrorCode::UNSUPPORTED, slot_address(first)));
         }
-        if let Some(owner) = session.slot_owners.get_mut(slot) {
-            *owner = address;
+        for (index, slot_owner) in session.slot_owners[first..first + count]
+            .iter_mut()
+            .enumerate()
+        {
+            *slot_owner = if index == 0 { owner } else { u64::MAX };
         }
-        session.slots_used = slot as u32;
-        Ok((displaced, slot_address(slot)))
+        session.slots_used = (first + count - 1) as u32;
+        Ok((built, slot_address(first)))
     }
 
     /// Reads `len` bytes at `address` into the session buffer, with the original
@@ -1359,11 +1398,9 @@ impl<P: Platform> Stub<P> {
         })
     }
 
-    /// The detour of `address`: the one written for it earlier in the boot if it
-    /// holds exactly this code, else fresh slots, written now. Like the
-    /// displaced-instruction slots, a detour is written once per boot (a thread
-    /// may be preempted inside it). Its first slot's owner is `!address`, the
-    /// others' `u64::MAX`, so neither is taken for a displaced instruction's slot.
+    /// The detour of `address`, written once per boot like the displaced
+    /// instructions' slots (see [`Stub::write_once_slots`]); its run is tagged
+    /// `!address`, so it is never taken for a displaced instruction's slot.
     fn detour_slots(
         &self,
         session: &mut Session,
@@ -1372,46 +1409,17 @@ impl<P: Platform> Stub<P> {
         window: usize,
         slot_count: usize,
     ) -> Result<u64, Refusal> {
-        let area = self.platform.out_of_line_area();
-        let slot_address = |slot: usize| area.start + (slot * SLOT_SIZE) as u64;
-        let used = (session.slots_used as usize).min(slot_count);
-        for slot in 1..=used {
-            if session.slot_owners.get(slot) != Some(&!address) {
-                continue;
-            }
-            let detour = self.build_detour(address, code, window, slot_address(slot))?;
-            let wanted = detour.bytes();
-            let held = &mut session.buffer[..wanted.len()];
-            if self.platform.read_kernel(held, slot_address(slot)).is_ok() && held == wanted {
-                return Ok(slot_address(slot));
-            }
-        }
-        let first = used + 1;
-        if first + DETOUR_SLOTS - 1 > slot_count {
-            return Err(refuse_value(ErrorCode::NO_SPACE, slot_count as u64));
-        }
-        let detour = self.build_detour(address, code, window, slot_address(first))?;
-        if self
-            .platform
-            .write_text(slot_address(first), detour.bytes())
-            .is_err()
-        {
-            return Err(refuse_address(ErrorCode::UNSUPPORTED, slot_address(first)));
-        }
-        for (index, owner) in session.slot_owners[first..first + DETOUR_SLOTS]
-            .iter_mut()
-            .enumerate()
-        {
-            *owner = if index == 0 { !address } else { u64::MAX };
-        }
-        session.slots_used = (first + DETOUR_SLOTS - 1) as u32;
-        Ok(slot_address(first))
+        let (_, detour) =
+            self.write_once_slots(session, !address, DETOUR_SLOTS, slot_count, |slot| {
+                self.build_detour(address, code, window, slot)
+            })?;
+        Ok(detour)
     }
 
     /// Writes a planned jump over a patched site's breakpoint, at a moment when
-    /// nothing would resume inside the window or in the site's out-of-line slot
-    /// (whose jump back lands inside the window). Without such a moment the site
-    /// keeps its breakpoint, which works as well, only slower.
+    /// nothing would resume inside the window or anywhere in the out-of-line area
+    /// (slots and detours jump back into kernel text). Without such a moment the
+    /// site keeps its breakpoint, which works as well, only slower.
     fn activate_jump(&self, session: &mut Session, site: usize) {
         let Some(record) = session.sites.get(site).copied() else {
             return;
