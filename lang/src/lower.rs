@@ -1029,11 +1029,25 @@ impl Lowerer<'_, '_> {
 
     /// The helper reading the probed code's memory: the process's at user sites.
     fn read_helper(&self) -> Helper {
-        if matches!(self.site.kind, SiteKind::User { .. }) {
+        if self.in_user_space() {
             Helper::ReadUser
         } else {
             Helper::ReadKernel
         }
+    }
+
+    /// The string form of [`Self::read_helper`].
+    fn read_str_helper(&self) -> Helper {
+        if self.in_user_space() {
+            Helper::ReadUserStr
+        } else {
+            Helper::ReadKernelStr
+        }
+    }
+
+    /// Whether the site's memory is a user process's.
+    fn in_user_space(&self) -> bool {
+        matches!(self.site.kind, SiteKind::User { .. })
     }
 
     fn context(&mut self, name: &str, span: Span, depth: usize) -> R<Val> {
@@ -1878,11 +1892,7 @@ impl Lowerer<'_, '_> {
                         }
                         let size = limit.unwrap_or(self.cx.options.string_size);
                         let slot = self.temp(size, span)?;
-                        let read = if matches!(self.site.kind, SiteKind::User { .. }) {
-                            Helper::ReadUserStr
-                        } else {
-                            Helper::ReadKernelStr
-                        };
+                        let read = self.read_str_helper();
                         let b = self.b();
                         b.zero(slot.offset, u16::from(slot.words));
                         b.stack_pointer(1, slot.offset);
