@@ -206,48 +206,27 @@ fn usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(1));
     // Without --kernel only user-space points and exact kernel function names
     // (for a stub that resolves them) compile: a kernel pattern is an error that
-    // says so, before anything connects.
-    let output = probeport(&[
-        "run",
-        "-e",
-        "probe kernel.function(\"port_*\") { exit(); }",
-        "--port",
-        "unix:/nonexistent",
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        text(&output.stderr).contains("only user-space process(...) points"),
-        "{}",
-        text(&output.stderr)
-    );
-    // An exact kernel function name gets as far as the port.
-    let output = probeport(&[
-        "run",
-        "-e",
-        "probe kernel.function(\"port_send\") { exit(); }",
-        "--port",
-        "unix:/nonexistent",
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        text(&output.stderr).contains("cannot open the probe port"),
-        "{}",
-        text(&output.stderr)
-    );
-    // A user-space script without --kernel gets as far as the port.
-    let output = probeport(&[
-        "run",
-        "-e",
-        "probe begin { exit(); }",
-        "--port",
-        "unix:/nonexistent",
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        text(&output.stderr).contains("cannot open the probe port"),
-        "{}",
-        text(&output.stderr)
-    );
+    // says so, before anything connects; an exact kernel function name and a
+    // user-space script get as far as the port.
+    for (script, failure) in [
+        (
+            "probe kernel.function(\"port_*\") { exit(); }",
+            "only user-space process(...) points",
+        ),
+        (
+            "probe kernel.function(\"port_send\") { exit(); }",
+            "cannot open the probe port",
+        ),
+        ("probe begin { exit(); }", "cannot open the probe port"),
+    ] {
+        let output = probeport(&["run", "-e", script, "--port", "unix:/nonexistent"]);
+        assert_eq!(output.status.code(), Some(1), "{script}");
+        assert!(
+            text(&output.stderr).contains(failure),
+            "{script}: {}",
+            text(&output.stderr)
+        );
+    }
     let output = probeport(&["--help"]);
     assert_eq!(output.status.code(), Some(0));
     assert!(text(&output.stdout).contains("Exit status: 0 success; 1 an error"));
