@@ -49,21 +49,27 @@ pub fn traced() -> PathBuf {
     })
 }
 
+/// Installs gcc (and the C library's headers and static archive) with apt-get when
+/// it is missing; panics with the reason when that fails.
+pub fn ensure_gcc() {
+    if Command::new("gcc").arg("--version").output().is_err() {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "gcc", "libc6-dev"])
+            .status()
+            .expect("gcc is missing and apt-get cannot run");
+        assert!(
+            status.success(),
+            "gcc is missing and apt-get could not install it"
+        );
+    }
+}
+
 /// The traced program (`tests/fixtures/traced.c`), built once per test binary
 /// with gcc (installed with apt-get when missing).
 fn traced_build() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        if Command::new("gcc").arg("--version").output().is_err() {
-            let status = Command::new("apt-get")
-                .args(["install", "-y", "gcc", "libc6-dev"])
-                .status()
-                .expect("gcc is missing and apt-get cannot run");
-            assert!(
-                status.success(),
-                "gcc is missing and apt-get could not install it"
-            );
-        }
+        ensure_gcc();
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/traced.c");
         let output = scratch_dir().join("traced");
         let status = Command::new("gcc")

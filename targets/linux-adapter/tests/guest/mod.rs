@@ -38,12 +38,14 @@ pub fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// `tests/fixtures/getppid_loop.c` built with `gcc -static`, once per test binary.
+/// `tests/fixtures/getppid_loop.c` built with `gcc -static` (installed when
+/// missing), once per test binary.
 pub fn workload() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/getppid_loop.c");
         let output = std::env::temp_dir().join(format!("getppid_loop-{}", std::process::id()));
+        crate::common::ensure_gcc();
         let status = Command::new("gcc")
             .args(["-O1", "-static", "-o"])
             .arg(&output)
