@@ -326,8 +326,9 @@ pub fn run<H: Helpers + ?Sized>(
 }
 
 /// [`run`] on the caller's `stack`, of which only the top `stack_depth` bytes
-/// (those below `r10`; the whole stack if `stack_depth` is larger) are zeroed and
-/// addressable: give the verifier's
+/// (those below `r10`; the whole stack if `stack_depth` is larger) are
+/// addressable, and zeroed rounded up to whole 8-byte words (as the JIT's
+/// prologue zeroes them): give the verifier's
 /// [`stack_depth`](probe_port_protocol::verifier::VerifiedProgram::stack_depth) of
 /// the program. A load, store or helper buffer below that depth traps
 /// ([`TrapKind::OutOfBounds`], or a bad helper argument), so the bytes below are
@@ -340,14 +341,21 @@ pub fn run_on_stack<H: Helpers + ?Sized>(
     stack: &mut [u8; STACK_SIZE],
     stack_depth: usize,
 ) -> Result<u64, Trap> {
-    let usable = &mut stack[STACK_SIZE - stack_depth.min(STACK_SIZE)..];
+    let depth = stack_depth.min(STACK_SIZE);
+    let zeroed = &mut stack[STACK_SIZE - depth.next_multiple_of(8).min(STACK_SIZE)..];
     // Not even an empty `fill` for a program without stack: a zero-length memset
     // can still cost (the host's AVX-512 memset does a masked store at the end of
     // the buffer, a microcode assist when that crosses into the next page).
-    if !usable.is_empty() {
-        usable.fill(0);
+    if !zeroed.is_empty() {
+        zeroed.fill(0);
     }
-    execute(program, context, helpers, &mut NoTrace, usable)
+    execute(
+        program,
+        context,
+        helpers,
+        &mut NoTrace,
+        &mut stack[STACK_SIZE - depth..],
+    )
 }
 
 /// The handler stack, aligned like a machine stack so aligned accesses stay aligned.

@@ -9,28 +9,35 @@
 //!
 //! ```text
 //! pushfq                        ; the flags, before anything changes them
+//! cli                           ; probe context runs with interrupts off
 //! cld                           ; the ABI's direction flag for the Rust code
-//! lea rsp, [rsp - S]            ; S = size_of::<TrapRegisters>()
-//! mov [rsp + regs + 8*n], reg   ; every register but rsp, by DWARF number n
+//! lea rsp, [rsp - S]            ; S = size_of::<ProbeContext>()
+//! mov [rsp + 8*n], reg          ; every register but rsp, in slot n (DWARF number)
 //! lea rax, [rsp + S + 8]        ; the probed code's rsp
-//! mov [rsp + regs + 56], rax
+//! mov [rsp + 8*7], rax
 //! mov rax, [rsp + S]            ; the flags pushfq saved
-//! mov [rsp + flags], rax
-//! mov rax, ADDRESS              ; pc: the probe's address
-//! mov [rsp + pc], rax
-//! mov rdi, rsp                  ; &mut TrapRegisters
+//! mov [rsp + 8*FLAGS], rax
+//! mov rax, ADDRESS              ; the probe's address
+//! mov [rsp + 8*PC], rax
+//! xor eax, eax
+//! mov [rsp + 8*n], rax          ; every slot from PROBE on: zero
+//! mov rdi, rsp                  ; &mut ProbeContext
 //! mov rsi, COOKIE               ; the stub
 //! mov rbx, rsp                  ; rbx is callee-saved: it keeps the frame
 //! and rsp, -16                  ; the ABI's alignment at the call
 //! mov rax, ENTRY
-//! call rax                      ; ENTRY(regs, cookie): the handler, as for int3
+//! call rax                      ; ENTRY(context, cookie): the handler
 //! mov rsp, rbx
-//! mov reg, [rsp + regs + 8*n]   ; every register but rsp, back
+//! mov reg, [rsp + 8*n]          ; every register but rsp, back
 //! lea rsp, [rsp + S]
-//! popfq
+//! popfq                         ; the flags, the interrupt flag with them
 //! <the window's instructions>   ; copies, RIP-relative operands fixed up
 //! jmp ADDRESS + window          ; rel32, or jmp [rip+0] and the address
 //! ```
+//!
+//! The frame *is* the handler's probe context (PROTOCOL.md §6.2): the registers
+//! by DWARF number, `PC`, `FLAGS`, and zero in every later slot until the stub
+//! writes `PROBE`. A hit builds nothing and copies nothing.
 //!
 //! The window's instructions must be able to run anywhere ([`arch::prepare`] runs
 //! them out of line) and must not transfer control: no branch, call or return,
@@ -46,23 +53,30 @@
 
 use core::mem::offset_of;
 
-use crate::arch::{self, MAX_INSN_LEN, SLOT_SIZE, TrapRegisters};
+use probe_port_protocol::context::{CONTEXT_SLOTS, ProbeContext, slot};
+
+use crate::arch::{self, MAX_INSN_LEN, SLOT_SIZE};
 
 /// Bytes of the jump written at the probe's address (`jmp rel32`).
 pub(crate) const JUMP_LEN: usize = 5;
 /// Out-of-line slots one detour takes.
-pub(crate) const DETOUR_SLOTS: usize = 12;
+pub(crate) const DETOUR_SLOTS: usize = 14;
 /// The longest detour.
 pub(crate) const MAX_DETOUR: usize = DETOUR_SLOTS * SLOT_SIZE;
 /// The longest window: the instructions that cover [`JUMP_LEN`] bytes.
 pub(crate) const MAX_WINDOW: usize = JUMP_LEN - 1 + MAX_INSN_LEN;
 
-/// The detour's frame: a [`TrapRegisters`].
-const FRAME: usize = size_of::<TrapRegisters>();
-const REGS: usize = offset_of!(TrapRegisters, regs);
-const PC: usize = offset_of!(TrapRegisters, pc);
-const FLAGS: usize = offset_of!(TrapRegisters, flags);
-const _: () = assert!(FRAME < 1024);
+/// The detour's frame: a [`ProbeContext`].
+const FRAME: usize = size_of::<ProbeContext>();
+const REGS: usize = offset_of!(ProbeContext, slots) + 8 * slot::REGISTER_BASE;
+const PC: usize = offset_of!(ProbeContext, slots) + 8 * slot::PC;
+const FLAGS: usize = offset_of!(ProbeContext, slots) + 8 * slot::FLAGS;
+/// The first slot the detour zeroes: everything after the registers, `PC` and
+/// `FLAGS`.
+const ZEROED: usize = slot::PROBE;
+const _: () = assert!(FRAME < 1024 && FRAME == 8 * CONTEXT_SLOTS);
+const _: () = assert!(slot::PC == slot::REGISTER_SLOTS && slot::FLAGS == slot::PC + 1);
+const _: () = assert!(ZEROED == slot::FLAGS + 1);
 
 /// The x86 register number of each DWARF register number 0..16.
 const X86_NUMBER: [u8; 16] = [0, 2, 1, 3, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
@@ -150,7 +164,7 @@ impl Emitter {
 /// Builds the detour for a jump at `address`, placed at `detour_address`.
 /// `code` holds the original bytes from `address` (up to [`MAX_WINDOW`] are
 /// decoded); `window` is how many of them the client vouches no branch enters.
-/// The detour calls `entry(regs: &mut TrapRegisters, cookie)`.
+/// The detour calls `entry(context: &mut ProbeContext, cookie)`.
 pub(crate) fn build(
     address: u64,
     code: &[u8],
@@ -165,7 +179,8 @@ pub(crate) fn build(
         len: 0,
         overflowed: false,
     };
-    out.push(&[0x9c, 0xfc]); // pushfq; cld (popfq restores the direction flag)
+    // pushfq; cli; cld (popfq restores the interrupt and direction flags)
+    out.push(&[0x9c, 0xfa, 0xfc]);
     out.lea_rsp(4, -(FRAME as i32)); // lea rsp, [rsp - FRAME]
     for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
         if dwarf != RSP {
@@ -178,6 +193,10 @@ pub(crate) fn build(
     out.rsp_relative(true, 0, FLAGS);
     out.mov_imm64(0, address);
     out.rsp_relative(true, 0, PC);
+    out.push(&[0x31, 0xc0]); // xor eax, eax
+    for zeroed in ZEROED..CONTEXT_SLOTS {
+        out.rsp_relative(true, 0, 8 * zeroed);
+    }
     out.push(&[0x48, 0x89, 0xe7]); // mov rdi, rsp
     out.mov_imm64(6, cookie); // mov rsi, cookie
     out.push(&[0x48, 0x89, 0xe3]); // mov rbx, rsp

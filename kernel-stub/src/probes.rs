@@ -189,6 +189,22 @@ impl ProbeSlot {
         Some(unsafe { self.data.read() })
     }
 
+    /// The probe, if it is live, borrowed in place. *Probe context.*
+    ///
+    /// # Safety
+    ///
+    /// The caller is in probe context (its CPU marked by `Stub::enter`) and the
+    /// borrow ends before it leaves: the session rewrites the data only after
+    /// unpublishing the slot and reaching quiescence.
+    #[unsafe(link_section = ".text.probeport")]
+    pub(crate) unsafe fn live_ref(&self) -> Option<&ProbeData> {
+        if self.state.load(Ordering::SeqCst) != LIVE {
+            return None;
+        }
+        // SAFETY: as in `live`, for as long as the caller stays in probe context.
+        Some(unsafe { self.data.get() })
+    }
+
     /// The probe if armed (staged or live). Session, or probe context.
     pub(crate) fn armed(&self) -> Option<ProbeData> {
         if self.state.load(Ordering::SeqCst) == FREE {

@@ -55,6 +55,7 @@
 
 use core::sync::atomic::Ordering;
 
+use probe_port_protocol::context::ProbeContext;
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::frame::{DefaultFrameDecoder, encode_message, max_encoded_len};
 use probe_port_protocol::isa::{INSN_SIZE, decode_into};
@@ -711,7 +712,7 @@ impl<P: Platform> Stub<P> {
         let on_timer: fn(&Self, &arch::TrapRegisters) = Self::on_timer;
         let fire: fn(&Self, &'static crate::MarkerSite, &[u64]) = Self::fire_marker;
         let fire_global: fn(&'static crate::MarkerSite, &[u64]) = crate::fire_marker;
-        let on_jump: fn(&Self, &arch::TrapRegisters) = Self::on_jump;
+        let on_jump: fn(&Self, &mut ProbeContext) = Self::on_jump;
         let entry_points = [
             on_breakpoint as usize as u64,
             on_timer as usize as u64,
@@ -1371,7 +1372,7 @@ impl<P: Platform> Stub<P> {
 
     /// The address the detours call: [`jump_entry`] for this platform.
     fn jump_entry_address() -> u64 {
-        let entry: extern "sysv64" fn(&arch::TrapRegisters, &Stub<P>) = jump_entry::<P>;
+        let entry: extern "sysv64" fn(&mut ProbeContext, &Stub<P>) = jump_entry::<P>;
         entry as usize as u64
     }
 

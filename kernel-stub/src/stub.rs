@@ -347,29 +347,41 @@ impl<P: Platform> Stub<P> {
             .without_interrupts(|| self.marker_hit(site, args));
     }
 
-    /// A jump probe fired: what a detour calls (through [`jump_entry`]) with the
-    /// registers of the probed code, `pc` the probe's address. Runs the handler
-    /// as a breakpoint hit would, with interrupts off; the detour then runs the
-    /// displaced instructions itself. *Probe context* once inside. Public for
+    /// A jump probe fired: what a detour calls (through [`jump_entry`]).
+    /// `context` is the detour's frame: the probed code's registers, `PC` (the
+    /// probe's address) and `FLAGS` in their slots and every later slot zero
+    /// (`crate::jump`); the stub fills in `PROBE`. Runs the handler as a
+    /// breakpoint hit would; the detour then runs the displaced instructions
+    /// itself. *Probe context*: interrupts off (the detour clears IF). Public for
     /// simulated platforms; a kernel never calls it.
     #[unsafe(link_section = ".text.probeport")]
-    pub fn on_jump(&self, regs: &TrapRegisters) {
-        self.platform.without_interrupts(|| {
-            let Some((cpu, nested)) = self.enter() else {
-                return;
-            };
-            if nested {
-                self.count_reentered(cpu);
+    pub fn on_jump(&self, context: &mut ProbeContext) {
+        let Some((cpu, nested)) = self.enter() else {
+            return;
+        };
+        if nested {
+            self.count_reentered(cpu);
+        }
+        let pc = context.slots[slot::PC];
+        let primary = self
+            .sites
+            .find(pc)
+            .and_then(|index| self.sites.entry(index).primary());
+        if let Some(slot) = primary {
+            let probe = self.probes.slot(slot);
+            // SAFETY: this CPU is marked in probe context (`enter`) until `leave`,
+            // and the borrow ends before that.
+            if let Some(data) = unsafe { probe.live_ref() } {
+                if nested {
+                    probe.counters.misses.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    context.slots[slot::PROBE] = u64::from(data.id);
+                    let frame_pointer = context.slots[arch::FRAME_POINTER_SLOT];
+                    self.run_handler(cpu, probe, data, context, frame_pointer);
+                }
             }
-            let primary = self
-                .sites
-                .find(regs.pc)
-                .and_then(|index| self.sites.entry(index).primary());
-            if let Some(slot) = primary {
-                self.dynamic_hit(cpu, nested, slot, regs.pc, regs);
-            }
-            self.leave(cpu, nested);
-        });
+        }
+        self.leave(cpu, nested);
     }
 
     #[unsafe(link_section = ".text.probeport")]
@@ -810,12 +822,12 @@ impl<P: Platform> MarkerSink for Stub<P> {
     }
 }
 
-/// What a jump probe's detour calls (see `crate::jump`): `regs` is the detour's
-/// frame, `stub` the stub that wrote the detour (a stub serving a port lives in a
-/// `static` for as long as the kernel runs).
+/// What a jump probe's detour calls (see `crate::jump`): `context` is the
+/// detour's frame, `stub` the stub that wrote the detour (a stub serving a port
+/// lives in a `static` for as long as the kernel runs).
 #[unsafe(link_section = ".text.probeport")]
-pub(crate) extern "sysv64" fn jump_entry<P: Platform>(regs: &TrapRegisters, stub: &Stub<P>) {
-    stub.on_jump(regs);
+pub(crate) extern "sysv64" fn jump_entry<P: Platform>(context: &mut ProbeContext, stub: &Stub<P>) {
+    stub.on_jump(context);
 }
 
 /// The context of a register-based site: registers, `PC`, `FLAGS`, `PROBE`.

@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use kernel_stub::TrapOutcome;
 use kernel_stub::arch::TrapRegisters;
+use probe_port_protocol::context::{ProbeContext, slot};
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::frame::crc32;
 use probe_port_protocol::message::{
@@ -24,9 +25,15 @@ fn jump(client: &mut Client, probe: u32, window: u8) -> Reply {
     })
 }
 
-/// The registers a detour hands the stub: `pc` is the probe's own address.
-fn detour_registers(pc: u64, args: &[u64]) -> TrapRegisters {
-    call_registers(pc, STACK_TOP, args)
+/// The frame a detour hands the stub: the registers, `pc` (the probe's own
+/// address) and the flags in their context slots, every later slot zero.
+fn detour_context(pc: u64, args: &[u64]) -> ProbeContext {
+    let regs: TrapRegisters = call_registers(pc, STACK_TOP, args);
+    let mut context = ProbeContext::default();
+    context.slots[..16].copy_from_slice(&regs.regs);
+    context.slots[slot::PC] = regs.pc;
+    context.slots[slot::FLAGS] = regs.flags;
+    context
 }
 
 #[test]
@@ -46,7 +53,7 @@ fn a_jump_replaces_the_breakpoint_and_runs_the_handler_without_a_trap() {
     // [rdi+8]: 8 bytes) and a jump back past them.
     assert_eq!(sim.text(), before);
     let detour = slot_address(2);
-    let code = sim.read(detour, 12 * 32);
+    let code = sim.read(detour, 14 * 32);
     let copies = code
         .windows(8)
         .position(|window| window == [0x55, 0x48, 0x89, 0xe5, 0x48, 0x8b, 0x47, 0x08])
@@ -67,9 +74,9 @@ fn a_jump_replaces_the_breakpoint_and_runs_the_handler_without_a_trap() {
         "no breakpoint at the address any more"
     );
 
-    stub.on_jump(&detour_registers(F, &[7]));
+    stub.on_jump(&mut detour_context(F, &[7]));
     sim.set_cpu(1);
-    stub.on_jump(&detour_registers(F, &[8]));
+    stub.on_jump(&mut detour_context(F, &[8]));
     sim.set_cpu(0);
     client.drain();
     let words: Vec<_> = client.events.iter().map(|event| event.words()).collect();
@@ -104,7 +111,7 @@ fn rip_relative_operands_in_the_window_keep_their_targets() {
     jump(&mut client, probe, 11).ok();
     client.done(RequestBody::Start);
     let detour = jump_target(sim, F_LOAD);
-    let code = sim.read(detour, 12 * 32);
+    let code = sim.read(detour, 14 * 32);
     let lea = code
         .windows(3)
         .position(|window| window == [0x48, 0x8d, 0x05])
@@ -217,7 +224,7 @@ fn a_thread_that_would_resume_inside_the_window_keeps_the_breakpoint() {
     sim.set_resume_points(&[]);
     client.done(RequestBody::Start);
     assert_eq!(sim.read(F, 1), [0xe9]);
-    stub.on_jump(&detour_registers(F, &[4]));
+    stub.on_jump(&mut detour_context(F, &[4]));
     client.done(RequestBody::Stop);
     client.drain();
     let words: Vec<_> = client.events.iter().map(|event| event.words()[0]).collect();

@@ -130,6 +130,9 @@ pub fn stack_pointer(regs: &TrapRegisters) -> u64 {
     regs.regs[RSP]
 }
 
+/// The probe-context slot of the frame pointer (RBP's DWARF number).
+pub const FRAME_POINTER_SLOT: usize = RBP;
+
 /// The interrupted frame pointer (RBP).
 #[unsafe(link_section = ".text.probeport")]
 pub fn frame_pointer(regs: &TrapRegisters) -> u64 {

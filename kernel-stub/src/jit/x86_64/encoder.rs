@@ -158,6 +158,12 @@ pub(crate) struct Encoder<'o> {
     overflow: bool,
 }
 
+/// Words [`Encoder::zero_below`] zeroes with single stores (their displacements
+/// all fit a byte).
+pub(crate) const ZERO_STORES: u32 = 16;
+/// The most bytes [`Encoder::zero_below`] emits: `xor` and the stores.
+pub(crate) const ZERO_BYTES: usize = 3 + 4 * ZERO_STORES as usize;
+
 fn fits_i8(value: i32) -> bool {
     i8::try_from(value).is_ok()
 }
@@ -566,6 +572,31 @@ impl<'o> Encoder<'o> {
 
     pub(crate) fn ret(&mut self) {
         self.byte(0xc3);
+    }
+
+    /// Zeroes the `qwords` 8-byte words below `[base]`: stores of a zeroed `r11`
+    /// for a few words, `rep stosq` (which takes `rdi`, `rcx` and `rax`) for more.
+    /// At most [`ZERO_BYTES`] bytes of code.
+    pub(crate) fn zero_below(&mut self, base: Reg, qwords: u32) {
+        if qwords == 0 {
+            return;
+        }
+        if qwords <= ZERO_STORES {
+            self.alu_rr(Alu::Xor, Width::W32, Reg::R11, Reg::R11);
+            for word in 1..=qwords as i32 {
+                self.store_reg(Size::B8, base, -8 * word, Reg::R11);
+            }
+        } else {
+            // lea rdi, [base - 8 * qwords]
+            self.rex(Width::W64, Reg::Rdi as u8, base as u8, false);
+            self.byte(0x8d);
+            self.modrm_memory(Reg::Rdi as u8, base, -8 * qwords as i32);
+            // mov ecx, qwords
+            self.byte(0xb8 + Reg::Rcx.low());
+            self.imm32(qwords as i32);
+            self.alu_rr(Alu::Xor, Width::W32, Reg::Rax, Reg::Rax);
+            self.bytes(&[0xf3, 0x48, 0xab]); // rep stosq
+        }
     }
 
     /// `endbr64`: a landing pad for indirect branch tracking (a no-op elsewhere).

@@ -60,8 +60,8 @@ pub use self::runtime::{DispatchFn, HelperReturn, JitEnv, JitProgram};
 /// 64-bit division by a register, takes 50 (`tests/jit.rs` measures every form).
 pub const MAX_SLOT_BYTES: usize = 64;
 
-/// Bytes of the prologue and epilogue together.
-const FRAME_BYTES: usize = 48;
+/// Bytes of the prologue and epilogue together, the stack zeroing included.
+const FRAME_BYTES: usize = 48 + encoder::ZERO_BYTES;
 
 /// An upper bound on the code size of any verified program of `slots` slots: a
 /// buffer this large always suffices.
@@ -112,7 +112,8 @@ pub fn compile(
     let offsets = &mut scratch.offsets[..=insns.len()];
 
     let mut measure = Encoder::measuring();
-    emit_program(insns, &mut measure, offsets, true)?;
+    let stack_words = program.stack_depth().div_ceil(8) as u32;
+    emit_program(insns, stack_words, &mut measure, offsets, true)?;
     let needed = measure.position();
     if measure.overflowed() || needed > out.len() {
         return Err(JitError::TooLarge {
@@ -122,7 +123,7 @@ pub fn compile(
     }
 
     let mut writer = Encoder::writing(out);
-    emit_program(insns, &mut writer, offsets, false)?;
+    emit_program(insns, stack_words, &mut writer, offsets, false)?;
     if writer.overflowed() || writer.position() != needed {
         // Unreachable: both passes emit the same bytes. Refuse rather than hand
         // out code whose jumps were computed for another layout.
@@ -138,11 +139,12 @@ pub fn compile(
 /// (the measuring pass), otherwise jumps read them.
 fn emit_program(
     insns: &[Insn],
+    stack_words: u32,
     encoder: &mut Encoder<'_>,
     offsets: &mut [u32],
     record: bool,
 ) -> Result<(), JitError> {
-    emit_prologue(encoder);
+    emit_prologue(encoder, stack_words);
     let mut index = 0;
     while index < insns.len() {
         if record {
@@ -173,7 +175,10 @@ fn emit_program(
     Ok(())
 }
 
-fn emit_prologue(encoder: &mut Encoder<'_>) {
+/// Saves what the code uses, zeroes the `stack_words` words of handler stack the
+/// program may touch (its verified depth, rounded up to words: `STACK_SIZE` is a
+/// whole number of words), and loads `r1` and `r10`.
+fn emit_prologue(encoder: &mut Encoder<'_>, stack_words: u32) {
     encoder.endbr64();
     for reg in SAVED {
         encoder.push(reg);
@@ -182,6 +187,7 @@ fn emit_prologue(encoder: &mut Encoder<'_>) {
     encoder.alu_ri(Alu::Sub, Width::W64, Reg::Rsp, 8);
     encoder.mov_rr(Width::W64, ENV, Reg::Rdi);
     encoder.load64(REGISTERS[10], ENV, runtime::STACK_TOP_OFFSET);
+    encoder.zero_below(REGISTERS[10], stack_words);
     encoder.load64(REGISTERS[1], ENV, runtime::CONTEXT_OFFSET);
 }
 
@@ -604,9 +610,15 @@ mod tests {
 
     #[test]
     fn frame_fits_its_bound() {
-        let mut encoder = Encoder::measuring();
-        emit_prologue(&mut encoder);
-        emit_epilogue(&mut encoder);
-        assert!(encoder.position() <= FRAME_BYTES, "{}", encoder.position());
+        for words in 0..=(probe_port_protocol::isa::STACK_SIZE / 8) as u32 {
+            let mut encoder = Encoder::measuring();
+            emit_prologue(&mut encoder, words);
+            emit_epilogue(&mut encoder);
+            assert!(
+                encoder.position() <= FRAME_BYTES,
+                "{words}: {}",
+                encoder.position()
+            );
+        }
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! # Design
 //!
-//! A run builds a [`JitEnv`] on the machine stack, zeroes the handler-stack
-//! bytes the program may touch (as `interpreter::run_on_stack` does), and calls
-//! the code with the environment's address. Helper calls come back into Rust
+//! A run builds a [`JitEnv`] on the machine stack and calls the code with the
+//! environment's address; the code's prologue zeroes the handler-stack words the
+//! program may touch (as `interpreter::run_on_stack` does). Helper calls come back into Rust
 //! through [`dispatch`], monomorphised for the caller's [`Helpers`] type: it
 //! rebuilds the interpreter's view of memory from the environment and calls the
 //! interpreter's `call_helper`, so both executors check and translate helper
@@ -181,7 +181,8 @@ impl JitProgram {
     /// The same contract and the same result as
     /// [`interpreter::run_on_stack`](crate::interpreter::run_on_stack) with the
     /// program's verified stack depth: only the top `stack_depth` bytes of `stack`
-    /// are zeroed and used, `r10` is the address just past `stack` and `r1` the
+    /// are used, and the code's prologue zeroes them (rounded up to whole words),
+    /// `r10` is the address just past `stack` and `r1` the
     /// address of `context`.
     pub fn run<H: Helpers + ?Sized>(
         &self,
@@ -189,10 +190,7 @@ impl JitProgram {
         helpers: &mut H,
         stack: &mut [u8; STACK_SIZE],
     ) -> Result<u64, Trap> {
-        let usable = &mut stack[STACK_SIZE - self.stack_depth..];
-        if !usable.is_empty() {
-            usable.fill(0);
-        }
+        // The code zeroes the words it may touch itself (its prologue).
         let stack_top = stack.as_mut_ptr_range().end;
         let mut helpers: &mut H = helpers;
         let mut env = JitEnv {
