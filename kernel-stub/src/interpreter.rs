@@ -1077,18 +1077,7 @@ pub(crate) fn call_helper<H: Helpers + ?Sized>(
                 error(helper_error::ENOENT)
             }
         }
-        Helper::Aggregate => {
-            let (map, spec) = map_of(&*helpers, r1)?;
-            let key = sized(memory, 2, spec.key_size)?;
-            if !matches!(spec.kind, MapKind::Aggregate(_)) {
-                return Ok(error(helper_error::EINVAL));
-            }
-            let key = memory.stack.get(key).ok_or(bad(2, r2))?;
-            match helpers.aggregate(map, key, r3 as i64) {
-                Ok(()) => 0,
-                Err(Full) => error(helper_error::ENOSPC),
-            }
-        }
+        Helper::Aggregate => return aggregate(r1, r2, r3, memory, helpers),
         Helper::EntrySave => {
             let slot = usize::try_from(r1).ok().filter(|slot| *slot < ENTRY_SLOTS);
             let Some(slot) = slot else {
@@ -1101,6 +1090,35 @@ pub(crate) fn call_helper<H: Helpers + ?Sized>(
             }
         }
         _ => return Err(TrapKind::UnknownHelper { id }),
+    })
+}
+
+/// The `aggregate` helper (`call_helper`'s, and the JIT's direct call): folds
+/// `r3` into the value of the key at `r2` in aggregation `r1`.
+#[inline]
+pub(crate) fn aggregate<H: Helpers + ?Sized>(
+    r1: u64,
+    r2: u64,
+    r3: u64,
+    memory: &mut Memory<'_, '_>,
+    helpers: &mut H,
+) -> Result<u64, TrapKind> {
+    let bad = TrapKind::BadHelperArgument {
+        helper: Helper::Aggregate,
+        register: 2,
+        value: r2,
+    };
+    let (map, spec) = map_of(&*helpers, r1)?;
+    let key = memory
+        .stack_range(r2, u64::from(spec.key_size))
+        .ok_or(bad)?;
+    if !matches!(spec.kind, MapKind::Aggregate(_)) {
+        return Ok(error(helper_error::EINVAL));
+    }
+    let key = memory.stack.get(key).ok_or(bad)?;
+    Ok(match helpers.aggregate(map, key, r3 as i64) {
+        Ok(()) => 0,
+        Err(Full) => error(helper_error::ENOSPC),
     })
 }
 

@@ -231,7 +231,7 @@ impl MapStore {
         if layout.buckets == 0 {
             return Search::Exhausted;
         }
-        let mut bucket = (hash(key) % layout.buckets as u64) as usize;
+        let mut bucket = home_bucket(hash(key), layout.buckets);
         let mut vacancy = None;
         for _ in 0..layout.buckets {
             let at = layout.bucket(table, bucket);
@@ -645,6 +645,14 @@ fn hash(key: &[u8]) -> u64 {
     };
     let state = state.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     state ^ (state >> 32)
+}
+
+/// The bucket a key with hash `hash` starts its search at, in `0..buckets`: the
+/// high half of `hash * buckets` (the hash's high bits are as well mixed as its
+/// low ones), one multiplication instead of a division.
+#[inline]
+fn home_bucket(hash: u64, buckets: usize) -> usize {
+    ((u128::from(hash) * buckets as u128) >> 64) as usize
 }
 
 /// The announced map memory, for `Limits`.

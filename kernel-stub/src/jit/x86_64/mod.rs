@@ -25,7 +25,8 @@
 //!
 //! A helper call stores `helper | slot << 16` into [`JitEnv::call_site`], puts the
 //! environment in `r9` (the sixth argument) and calls [`JitEnv::dispatch`] through
-//! the environment. The dispatch function (Rust, see [`JitProgram`]) runs the
+//! the environment (`aggregate`, the commonest call, goes straight to
+//! [`JitEnv::aggregate`]: the same checks and work without the dispatch). The dispatch function (Rust, see [`JitProgram`]) runs the
 //! interpreter's `call_helper` and returns the value for `r0` in `rax` and a trap
 //! flag in `rdx`; on a trap the code leaves at once through the epilogue, and the
 //! trap is in [`JitEnv::trap`]. The verifier treats `r1`–`r5` as clobbered by a
@@ -48,7 +49,7 @@
 mod encoder;
 mod runtime;
 
-use probe_port_protocol::isa::{Insn, MAX_INSNS, op};
+use probe_port_protocol::isa::{Helper, Insn, MAX_INSNS, op};
 use probe_port_protocol::verifier::VerifiedProgram;
 
 use self::encoder::{Alu, Cond, Encoder, Reg, Shift, Size, Unary, Width};
@@ -597,7 +598,12 @@ fn emit_call(
     let site = runtime::call_site(helper, slot);
     encoder.store_imm(Size::B8, ENV, runtime::CALL_SITE_OFFSET, site);
     encoder.mov_rr(Width::W64, Reg::R9, ENV);
-    encoder.call_indirect(ENV, runtime::DISPATCH_OFFSET);
+    let function = if u32::from(helper) == Helper::Aggregate as u32 {
+        runtime::AGGREGATE_OFFSET
+    } else {
+        runtime::DISPATCH_OFFSET
+    };
+    encoder.call_indirect(ENV, function);
     // The dispatch function's trap flag comes back in rdx.
     encoder.test_rr(Width::W64, Reg::Rdx, Reg::Rdx);
     encoder.jcc(Cond::Ne, exit_offset);

@@ -26,7 +26,7 @@ use core::mem::offset_of;
 use probe_port_protocol::context::ProbeContext;
 use probe_port_protocol::isa::STACK_SIZE;
 
-use crate::interpreter::{Helpers, Memory, Trap, call_helper};
+use crate::interpreter::{self, Helpers, Memory, Trap, TrapKind, call_helper};
 
 /// The helper-dispatch function the compiled code calls: `r1`–`r5` in the first
 /// five argument registers, the environment in the sixth.
@@ -56,6 +56,10 @@ pub struct JitEnv {
     pub stack_depth: usize,
     /// The helper-dispatch function.
     pub dispatch: DispatchFn,
+    /// The `aggregate` helper, called directly (the most common call of all: the
+    /// same checks and work as through [`JitEnv::dispatch`], without the
+    /// dispatch).
+    pub aggregate: DispatchFn,
     /// Opaque to the code: the dispatch function's state (the [`Helpers`]).
     pub helpers: *mut c_void,
     /// Written by the code before each call: `helper | slot << 16`.
@@ -76,6 +80,7 @@ impl fmt::Debug for JitEnv {
     }
 }
 
+pub(super) const AGGREGATE_OFFSET: i32 = offset_of!(JitEnv, aggregate) as i32;
 pub(super) const CONTEXT_OFFSET: i32 = offset_of!(JitEnv, context) as i32;
 pub(super) const STACK_TOP_OFFSET: i32 = offset_of!(JitEnv, stack_top) as i32;
 pub(super) const DISPATCH_OFFSET: i32 = offset_of!(JitEnv, dispatch) as i32;
@@ -101,6 +106,46 @@ unsafe extern "sysv64" fn dispatch<H: Helpers + ?Sized>(
     r5: u64,
     env: *mut JitEnv,
 ) -> HelperReturn {
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_memory::<H>(env, |memory, helpers, helper| {
+            call_helper(helper, &[r1, r2, r3, r4, r5], memory, helpers)
+        })
+    }
+}
+
+/// The `aggregate` helper for the compiled code (see [`JitEnv::aggregate`]).
+///
+/// # Safety
+///
+/// As [`dispatch`].
+unsafe extern "sysv64" fn aggregate<H: Helpers + ?Sized>(
+    r1: u64,
+    r2: u64,
+    r3: u64,
+    _r4: u64,
+    _r5: u64,
+    env: *mut JitEnv,
+) -> HelperReturn {
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_memory::<H>(env, |memory, helpers, _| {
+            interpreter::aggregate(r1, r2, r3, memory, helpers)
+        })
+    }
+}
+
+/// Runs `call` with the interpreter's view of the run's memory, its helpers and
+/// the helper number of the call site, and turns its result into the code's.
+///
+/// # Safety
+///
+/// As [`dispatch`].
+#[inline(always)]
+unsafe fn with_memory<H: Helpers + ?Sized>(
+    env: *mut JitEnv,
+    call: impl FnOnce(&mut Memory<'_, '_>, &mut H, i32) -> Result<u64, TrapKind>,
+) -> HelperReturn {
     // SAFETY: the caller's contract: `env` is the live environment of this run,
     // which nothing else borrows while the code waits for this call.
     let env = unsafe { &mut *env };
@@ -117,7 +162,7 @@ unsafe extern "sysv64" fn dispatch<H: Helpers + ?Sized>(
     let mut memory = Memory::new(stack, context);
     let helper = (env.call_site & 0xffff) as i32;
     let slot = (env.call_site >> 16) as u32;
-    match call_helper(helper, &[r1, r2, r3, r4, r5], &mut memory, helpers) {
+    match call(&mut memory, helpers, helper) {
         Ok(value) => HelperReturn { value, trapped: 0 },
         Err(kind) => {
             env.trap = Some(Trap { pc: slot, kind });
@@ -198,6 +243,7 @@ impl JitProgram {
             stack_top,
             stack_depth: self.stack_depth,
             dispatch: dispatch::<H>,
+            aggregate: aggregate::<H>,
             helpers: (&raw mut helpers).cast::<c_void>(),
             call_site: 0,
             trap: None,
