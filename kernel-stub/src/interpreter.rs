@@ -940,6 +940,7 @@ fn out_buffer<'m>(
 }
 
 /// The map named by `r1`, and its definition.
+#[inline(always)]
 fn map_of<H: Helpers + ?Sized>(helpers: &H, r1: u64) -> Result<(MapId, MapSpec), TrapKind> {
     let unknown = TrapKind::UnknownMap { map: r1 };
     let map = u16::try_from(r1).map(MapId).map_err(|_| unknown)?;
@@ -1095,7 +1096,7 @@ pub(crate) fn call_helper<H: Helpers + ?Sized>(
 
 /// The `aggregate` helper (`call_helper`'s, and the JIT's direct call): folds
 /// `r3` into the value of the key at `r2` in aggregation `r1`.
-#[inline]
+#[inline(always)]
 pub(crate) fn aggregate<H: Helpers + ?Sized>(
     r1: u64,
     r2: u64,

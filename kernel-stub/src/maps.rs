@@ -182,6 +182,7 @@ impl MapStore {
     /// as long as the caller's probe-context run (or session request) lasts, since
     /// a published layout is rewritten only after `reset` unpublishes it and the
     /// session reaches quiescence.
+    #[inline(always)]
     #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn find_published(&self, map: MapId) -> Option<(usize, &MapLayout)> {
         self.slots.iter().enumerate().find_map(|(index, slot)| {
@@ -202,6 +203,7 @@ impl MapStore {
     // ------------------------------------------------------------------------
     // Keys and buckets.
 
+    #[inline(always)]
     fn key_equal(&self, at: usize, key: &[u8]) -> bool {
         // The common key, one word (a CPU, a task, an address, a constant).
         if let Ok(word) = <[u8; 8]>::try_from(key) {
@@ -227,6 +229,8 @@ impl MapStore {
 
     /// Looks `key` up in table `table`. Deleted buckets are skipped (and the first
     /// one offered as the vacancy); an empty bucket ends the search.
+    #[inline(always)]
+    #[unsafe(link_section = ".text.probeport")]
     fn search(&self, layout: &MapLayout, table: usize, key: &[u8]) -> Search {
         if layout.buckets == 0 {
             return Search::Exhausted;
@@ -253,6 +257,7 @@ impl MapStore {
     // Hash maps (probe context and session, under the map's lock).
 
     /// Copies the value of `key` into `value`. Returns whether it was present.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn lookup(
         &self,
         slot: usize,
@@ -275,6 +280,7 @@ impl MapStore {
     }
 
     /// Inserts or replaces the value of `key`.
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn update(
         &self,
         slot: usize,
@@ -326,6 +332,8 @@ impl MapStore {
     // Aggregations (probe context: the CPU's own table only).
 
     /// Folds `value` into `cpu`'s entry for `key`.
+    #[inline(always)]
+    #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn aggregate(
         &self,
         slot: usize,
@@ -364,6 +372,7 @@ impl MapStore {
     }
 
     /// Folds one value into the value words at `at` (single writer).
+    #[unsafe(link_section = ".text.probeport")]
     fn fold(&self, kind: AggregateKind, at: usize, words: usize, value: i64) {
         let load = |index: usize| self.word(at + index).load(Ordering::Relaxed);
         let store = |index: usize, word: u64| self.word(at + index).store(word, Ordering::Relaxed);
@@ -630,6 +639,7 @@ fn pack(chunk: &[u8]) -> u64 {
 }
 
 /// A cheap, well-mixed hash of a key (FNV-style over words, then a final mix).
+#[inline(always)]
 fn hash(key: &[u8]) -> u64 {
     const SEED: u64 = 0xcbf2_9ce4_8422_2325;
     let step = |state: u64, word: u64| {

@@ -377,7 +377,7 @@ impl<P: Platform> Stub<P> {
                 } else {
                     context.slots[slot::PROBE] = u64::from(data.id);
                     let frame_pointer = context.slots[arch::FRAME_POINTER_SLOT];
-                    self.run_handler(cpu, probe, data, context, frame_pointer);
+                    self.run_handler_inline(cpu, probe, data, context, frame_pointer);
                 }
             }
         }
@@ -676,6 +676,30 @@ impl<P: Platform> Stub<P> {
         );
     }
 
+    /// [`Stub::run_handler`], inlined into the jump probe's entry, where every
+    /// call saved counts.
+    #[inline(always)]
+    fn run_handler_inline(
+        &self,
+        cpu: usize,
+        probe: &ProbeSlot,
+        data: &ProbeData,
+        context: &ProbeContext,
+        frame_pointer: u64,
+    ) {
+        let program = self.program(data);
+        self.run_inline(
+            cpu,
+            probe,
+            data,
+            program,
+            context,
+            frame_pointer,
+            None,
+            true,
+        );
+    }
+
     /// Runs one program and accounts for it: the handler of `data`, or its entry
     /// program when `entry_values` is given. Only from the non-nested entry that
     /// holds `cpu`'s `in_handler` flag (every caller checks `nested` first).
@@ -683,7 +707,38 @@ impl<P: Platform> Stub<P> {
         clippy::too_many_arguments,
         reason = "one private call path; a struct would only rename the arguments"
     )]
+    #[inline(never)]
+    #[unsafe(link_section = ".text.probeport")]
     fn run(
+        &self,
+        cpu: usize,
+        probe: &ProbeSlot,
+        data: &ProbeData,
+        program: &[Insn],
+        context: &ProbeContext,
+        frame_pointer: u64,
+        entry_values: Option<&mut [u64; ENTRY_SLOTS]>,
+        count_hit: bool,
+    ) {
+        self.run_inline(
+            cpu,
+            probe,
+            data,
+            program,
+            context,
+            frame_pointer,
+            entry_values,
+            count_hit,
+        );
+    }
+
+    /// [`Stub::run`]'s body (see [`Stub::run_handler_inline`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private call path; a struct would only rename the arguments"
+    )]
+    #[inline(always)]
+    fn run_inline(
         &self,
         cpu: usize,
         probe: &ProbeSlot,
@@ -754,6 +809,7 @@ impl<P: Platform> Stub<P> {
     /// The address of the compiled code of `data`'s handler (`entry`: of its entry
     /// program), if its programs were compiled.
     #[inline]
+    #[unsafe(link_section = ".text.probeport")]
     fn compiled(&self, data: &ProbeData, entry: bool) -> Option<u64> {
         if data.code_len == 0 {
             return None;
@@ -776,6 +832,7 @@ impl<P: Platform> Stub<P> {
 
     /// Appends a record to `cpu`'s ring, consuming its next sequence number
     /// whether it fits or not.
+    #[unsafe(link_section = ".text.probeport")]
     fn emit(
         &self,
         cpu: usize,
@@ -879,7 +936,7 @@ struct Executor<'s, 'v, P: Platform> {
 
 impl<'s, P: Platform> Executor<'s, '_, P> {
     /// The directory slot and layout of `map`, through [`Executor::last_map`].
-    #[inline]
+    #[inline(always)]
     fn find_map(&self, map: MapId) -> Option<(usize, &'s MapLayout)> {
         if let Some((last, slot, layout)) = self.last_map.get()
             && last == map
@@ -967,15 +1024,18 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
         self.stub.platform.now_ns()
     }
 
+    #[inline(always)]
     fn map_spec(&self, map: MapId) -> Option<MapSpec> {
         self.find_map(map).map(|(_, layout)| layout.spec)
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn map_lookup(&mut self, map: MapId, key: &[u8], value: &mut [u8]) -> bool {
         self.find_map(map)
             .is_some_and(|(slot, layout)| self.stub.maps.lookup(slot, layout, key, value, self.cpu))
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn map_update(&mut self, map: MapId, key: &[u8], value: &[u8]) -> Result<(), Full> {
         let result = match self.find_map(map) {
             Some((slot, layout)) => self.stub.maps.update(slot, layout, key, value, self.cpu),
@@ -992,6 +1052,7 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
             .is_some_and(|(slot, layout)| self.stub.maps.delete(slot, layout, key, self.cpu))
     }
 
+    #[inline(always)]
     fn aggregate(&mut self, map: MapId, key: &[u8], value: i64) -> Result<(), Full> {
         let result = match self.find_map(map) {
             Some((slot, layout)) => self.stub.maps.aggregate(slot, layout, key, value, self.cpu),
@@ -1003,6 +1064,7 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
         result
     }
 
+    #[unsafe(link_section = ".text.probeport")]
     fn emit(&mut self, record: &[u8]) -> Result<(), Full> {
         self.stub.emit(self.cpu, self.probe, self.probe_id, record)
     }

@@ -98,6 +98,7 @@ pub(super) const fn call_site(helper: u16, slot: u16) -> i32 {
 ///
 /// `env` is the environment of a run in progress of [`JitProgram::run`] with
 /// helpers of type `H`: every pointer in it is live for the call.
+#[unsafe(link_section = ".text.probeport")]
 unsafe extern "sysv64" fn dispatch<H: Helpers + ?Sized>(
     r1: u64,
     r2: u64,
@@ -119,6 +120,7 @@ unsafe extern "sysv64" fn dispatch<H: Helpers + ?Sized>(
 /// # Safety
 ///
 /// As [`dispatch`].
+#[unsafe(link_section = ".text.probeport")]
 unsafe extern "sysv64" fn aggregate<H: Helpers + ?Sized>(
     r1: u64,
     r2: u64,
@@ -229,6 +231,7 @@ impl JitProgram {
     /// are used, and the code's prologue zeroes them (rounded up to whole words),
     /// `r10` is the address just past `stack` and `r1` the
     /// address of `context`.
+    #[unsafe(link_section = ".text.probeport")]
     pub fn run<H: Helpers + ?Sized>(
         &self,
         context: &ProbeContext,
