@@ -28,12 +28,15 @@
 //! mov rax, ENTRY
 //! call rax                      ; ENTRY(context, cookie): the handler
 //! mov rsp, rbx
+//! std; sti                      ; each only if the saved flags had it
+//! <OF, then sahf>               ; the arithmetic flags, from the saved flags
 //! mov reg, [rsp + 8*n]          ; every register but rsp, back
-//! lea rsp, [rsp + S]
-//! popfq                         ; the flags, the interrupt flag with them
+//! lea rsp, [rsp + S + 8]        ; the frame and the flags pushfq saved
 //! <the window's instructions>   ; copies, RIP-relative operands fixed up
 //! jmp ADDRESS + window          ; rel32, or jmp [rip+0] and the address
 //! ```
+//!
+//! No `popfq` at the end: see `restore_flags`.
 //!
 //! The frame *is* the handler's probe context (PROTOCOL.md §6.2): the registers
 //! by DWARF number, `PC`, `FLAGS`, and zero in every later slot until the stub
@@ -179,7 +182,7 @@ pub(crate) fn build(
         len: 0,
         overflowed: false,
     };
-    // pushfq; cli; cld (popfq restores the interrupt and direction flags)
+    // pushfq; cli; cld (`restore_flags` puts IF and DF back)
     out.push(&[0x9c, 0xfa, 0xfc]);
     out.lea_rsp(4, -(FRAME as i32)); // lea rsp, [rsp - FRAME]
     for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
@@ -204,13 +207,13 @@ pub(crate) fn build(
     out.mov_imm64(0, entry);
     out.push(&[0xff, 0xd0]); // call rax
     out.push(&[0x48, 0x89, 0xdc]); // mov rsp, rbx
+    restore_flags(&mut out);
     for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
         if dwarf != RSP {
             out.rsp_relative(false, register, REGS + 8 * dwarf);
         }
     }
-    out.lea_rsp(4, FRAME as i32); // lea rsp, [rsp + FRAME]
-    out.push(&[0x9d]); // popfq
+    out.lea_rsp(4, FRAME as i32 + 8); // lea rsp, [rsp + FRAME + 8]: the frame and the flags
 
     let mut covered = 0;
     while covered < JUMP_LEN {
@@ -258,6 +261,34 @@ pub(crate) fn build(
     })
 }
 
+/// Puts back the flags the detour changed, from the frame's `FLAGS` slot, without
+/// `popfq` (under QEMU's TCG a `popf` ends the translation block; measured in the
+/// demo kernel, ten `pushfq; popfq` pairs cost about 47 TSC cycles each, a plain
+/// `mov` under one): DF and IF with `std`/`sti` when they were set (the detour
+/// cleared them); OF by an addition that overflows exactly when it was set; SF,
+/// ZF, AF, PF and CF with `sahf`. Clobbers `rax` (restored after); no other flag
+/// changes.
+fn restore_flags(out: &mut Emitter) {
+    let flags_byte_1 = (FLAGS + 1) as u32;
+    let test_byte_1 = |out: &mut Emitter, mask: u8| {
+        out.push(&[0xf6, 0x84, 0x24]); // test byte [rsp + FLAGS + 1], mask
+        out.push(&flags_byte_1.to_le_bytes());
+        out.push(&[mask]);
+    };
+    test_byte_1(out, 0x04); // DF: bit 10
+    out.push(&[0x74, 0x01, 0xfd]); // jz +1; std
+    test_byte_1(out, 0x02); // IF: bit 9
+    out.push(&[0x74, 0x01, 0xfb]); // jz +1; sti
+    out.push(&[0x8a, 0x84, 0x24]); // mov al, [rsp + FLAGS + 1]
+    out.push(&flags_byte_1.to_le_bytes());
+    // and al, 8 (OF: bit 11); shl al, 4; add al, 0x80: -128 + -128 overflows,
+    // 0 + -128 does not.
+    out.push(&[0x24, 0x08, 0xc0, 0xe0, 0x04, 0x04, 0x80]);
+    out.push(&[0x8a, 0xa4, 0x24]); // mov ah, [rsp + FLAGS]
+    out.push(&(FLAGS as u32).to_le_bytes());
+    out.push(&[0x9e]); // sahf: SF, ZF, AF, PF, CF
+}
+
 /// Whether `bytes` (one instruction) is an indirect `call` or `jmp` (`FF /2../5`),
 /// which [`arch::prepare`] may run out of line but which never reaches the
 /// detour's jump back. Undecodable bytes count as one (prepare refused them first).
@@ -276,4 +307,80 @@ pub(crate) fn jump(address: u64, target: u64) -> Option<[u8; JUMP_LEN]> {
     let mut bytes = [0xe9, 0, 0, 0, 0];
     bytes[1..].copy_from_slice(&relative.to_le_bytes());
     Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arithmetic flags and DF.
+    const RESTORED: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800;
+
+    /// Runs `restore_flags`'s code natively with a frame whose `FLAGS` slot is
+    /// `saved` (IF clear: user mode may not `sti`), after setting the flags to
+    /// `before`; returns the flags it leaves.
+    fn run_restore(saved: u64, before: u64) -> u64 {
+        let mut out = Emitter {
+            bytes: [0xcc; MAX_DETOUR],
+            len: 0,
+            overflowed: false,
+        };
+        out.push(&[0x49, 0x89, 0xe3]); // mov r11, rsp
+        out.push(&[0x48, 0x89, 0xfc]); // mov rsp, rdi: the frame
+        out.push(&[0x56, 0x9d]); // push rsi; popfq: the flags before
+        restore_flags(&mut out);
+        out.push(&[0x9c, 0x58]); // pushfq; pop rax
+        out.push(&[0xfc, 0x4c, 0x89, 0xdc, 0xc3]); // cld; mov rsp, r11; ret
+        assert!(!out.overflowed);
+
+        // The frame, with room below it for the pushes.
+        let mut stack = [0u64; 2 * CONTEXT_SLOTS];
+        stack[CONTEXT_SLOTS + slot::FLAGS] = saved;
+        let frame = stack[CONTEXT_SLOTS..].as_mut_ptr();
+
+        // SAFETY: an anonymous private mapping, checked, unmapped below.
+        let page = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED);
+        // SAFETY: the page is writable and larger than the code, then made
+        // executable; the code is a function `(frame, flags) -> flags` that uses
+        // only the frame's memory and puts rsp and DF back before returning.
+        unsafe {
+            core::ptr::copy_nonoverlapping(out.bytes.as_ptr(), page.cast::<u8>(), out.len);
+            assert_eq!(libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+            let code: extern "sysv64" fn(*mut u64, u64) -> u64 = core::mem::transmute(page);
+            let flags = code(frame, before);
+            libc::munmap(page, 4096);
+            flags
+        }
+    }
+
+    #[test]
+    fn the_arithmetic_flags_and_df_come_back_without_popf() {
+        for bits in 0u64..128 {
+            // Every combination of CF, PF, AF, ZF, SF, DF and OF.
+            let saved = [0x1, 0x4, 0x10, 0x40, 0x80, 0x400, 0x800]
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| bits & (1 << index) != 0)
+                .fold(0x2, |flags, (_, bit)| flags | bit);
+            // As in the detour: DF clear (its `cld`), the arithmetic flags anything.
+            for before in [0x2, 0x2 | (RESTORED & !0x400)] {
+                let after = run_restore(saved, before);
+                assert_eq!(
+                    after & RESTORED,
+                    saved & RESTORED,
+                    "saved {saved:#x}, before {before:#x}, after {after:#x}"
+                );
+            }
+        }
+    }
 }

@@ -59,7 +59,11 @@ fn a_jump_replaces_the_breakpoint_and_runs_the_handler_without_a_trap() {
         .position(|window| window == [0x55, 0x48, 0x89, 0xe5, 0x48, 0x8b, 0x47, 0x08])
         .expect("the window's copies in the detour");
     assert_eq!(code[0], 0x9c, "pushfq first");
-    assert_eq!(code[copies - 1], 0x9d, "popfq just before the copies");
+    assert_eq!(
+        code[copies - 8..copies],
+        [0x48, 0x8d, 0xa4, 0x24, 0x08, 0x01, 0x00, 0x00],
+        "lea rsp, [rsp + 264] (the frame and the saved flags) just before the copies"
+    );
     assert_eq!(jump_target(sim, detour + copies as u64 + 8), F + 8);
 
     client.done(RequestBody::Start);
