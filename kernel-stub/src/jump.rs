@@ -355,7 +355,10 @@ mod tests {
         // only the frame's memory and puts rsp and DF back before returning.
         unsafe {
             core::ptr::copy_nonoverlapping(out.bytes.as_ptr(), page.cast::<u8>(), out.len);
-            assert_eq!(libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+            assert_eq!(
+                libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC),
+                0
+            );
             let code: extern "sysv64" fn(*mut u64, u64) -> u64 = core::mem::transmute(page);
             let flags = code(frame, before);
             libc::munmap(page, 4096);

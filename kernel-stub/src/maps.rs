@@ -372,7 +372,7 @@ impl MapStore {
     }
 
     /// Folds one value into the value words at `at` (single writer).
-    #[unsafe(link_section = ".text.probeport")]
+    #[inline(always)]
     fn fold(&self, kind: AggregateKind, at: usize, words: usize, value: i64) {
         let load = |index: usize| self.word(at + index).load(Ordering::Relaxed);
         let store = |index: usize, word: u64| self.word(at + index).store(word, Ordering::Relaxed);

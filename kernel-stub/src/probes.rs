@@ -439,6 +439,12 @@ impl SiteTable {
     /// The index of the published site at `address`. *Probe context.*
     #[unsafe(link_section = ".text.probeport")]
     pub(crate) fn find(&self, address: u64) -> Option<usize> {
+        self.find_inline(address)
+    }
+
+    /// [`SiteTable::find`], inlined into the jump probe's entry.
+    #[inline(always)]
+    pub(crate) fn find_inline(&self, address: u64) -> Option<usize> {
         if address == EMPTY || address == TOMBSTONE {
             return None;
         }

@@ -365,7 +365,7 @@ impl<P: Platform> Stub<P> {
         let pc = context.slots[slot::PC];
         let primary = self
             .sites
-            .find(pc)
+            .find_inline(pc)
             .and_then(|index| self.sites.entry(index).primary());
         if let Some(slot) = primary {
             let probe = self.probes.slot(slot);
