@@ -56,7 +56,7 @@
 use core::sync::atomic::Ordering;
 
 use probe_port_protocol::error::ErrorCode;
-use probe_port_protocol::frame::{DefaultFrameDecoder, encode_message, max_encoded_len};
+use probe_port_protocol::frame::{DefaultFrameDecoder, encode_stub_message, max_encoded_len};
 use probe_port_protocol::isa::{INSN_SIZE, decode_into};
 use probe_port_protocol::maps::{MapId, MapSpecError};
 use probe_port_protocol::message::{
@@ -384,7 +384,7 @@ fn send_framed(
     frame: &mut [u8],
     write: &mut dyn FnMut(&[u8]),
 ) {
-    match encode_message(message, scratch, frame) {
+    match encode_stub_message(message, scratch, frame) {
         Ok(len) => write(frame.get(..len).unwrap_or(&[])),
         Err(_) => {
             if let StubMessage::Reply { seq, .. } = message {
@@ -392,7 +392,7 @@ fn send_framed(
                     seq: *seq,
                     reply: Err(refuse_value(ErrorCode::NO_SPACE, MAX_MESSAGE as u64)),
                 };
-                if let Ok(len) = encode_message(&fallback, scratch, frame) {
+                if let Ok(len) = encode_stub_message(&fallback, scratch, frame) {
                     write(frame.get(..len).unwrap_or(&[]));
                 }
             }
