@@ -1041,8 +1041,11 @@ impl<P: Platform> Stub<P> {
         let compiler = &mut *compiler;
         let mut depths = [0u16; 2];
         // The programs' code, back to back in the compiler's buffer; `None` once
-        // one of them does not compile (both are interpreted then).
-        let mut compiled: Option<(usize, usize)> = Some((0, 0));
+        // one of them does not compile (both are interpreted then), and from the
+        // start on a platform without a compiled-code area, where the code could
+        // not be placed (such an embedding then links no compiler at all).
+        let area = self.platform.compiled_code_area();
+        let mut compiled: Option<(usize, usize)> = (area.end > area.start).then_some((0, 0));
         for ((range, kind, entry), depth) in [
             (start..start + program_len, ProgramKind::Probe, false),
             (start + program_len..start + total, ProgramKind::Entry, true),
