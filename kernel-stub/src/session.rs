@@ -57,7 +57,7 @@ use core::sync::atomic::Ordering;
 
 use probe_port_protocol::context::ProbeContext;
 use probe_port_protocol::error::ErrorCode;
-use probe_port_protocol::frame::{DefaultFrameDecoder, encode_message, max_encoded_len};
+use probe_port_protocol::frame::{DefaultFrameDecoder, encode_stub_message, max_encoded_len};
 use probe_port_protocol::isa::{INSN_SIZE, decode_into};
 use probe_port_protocol::maps::{MapId, MapSpecError};
 use probe_port_protocol::message::{
@@ -385,7 +385,7 @@ fn send_framed(
     frame: &mut [u8],
     write: &mut dyn FnMut(&[u8]),
 ) {
-    match encode_message(message, scratch, frame) {
+    match encode_stub_message(message, scratch, frame) {
         Ok(len) => write(frame.get(..len).unwrap_or(&[])),
         Err(_) => {
             if let StubMessage::Reply { seq, .. } = message {
@@ -393,7 +393,7 @@ fn send_framed(
                     seq: *seq,
                     reply: Err(refuse_value(ErrorCode::NO_SPACE, MAX_MESSAGE as u64)),
                 };
-                if let Ok(len) = encode_message(&fallback, scratch, frame) {
+                if let Ok(len) = encode_stub_message(&fallback, scratch, frame) {
                     write(frame.get(..len).unwrap_or(&[]));
                 }
             }
@@ -1042,8 +1042,11 @@ impl<P: Platform> Stub<P> {
         let compiler = &mut *compiler;
         let mut depths = [0u16; 2];
         // The programs' code, back to back in the compiler's buffer; `None` once
-        // one of them does not compile (both are interpreted then).
-        let mut compiled: Option<(usize, usize)> = Some((0, 0));
+        // one of them does not compile (both are interpreted then), and from the
+        // start on a platform without a compiled-code area, where the code could
+        // not be placed (such an embedding then links no compiler at all).
+        let area = self.platform.compiled_code_area();
+        let mut compiled: Option<(usize, usize)> = (area.end > area.start).then_some((0, 0));
         for ((range, kind, entry), depth) in [
             (start..start + program_len, ProgramKind::Probe, false),
             (start + program_len..start + total, ProgramKind::Entry, true),

@@ -304,6 +304,38 @@ pub fn encode_message<T: serde::Serialize + ?Sized>(
     encode_frame(payload, out)
 }
 
+/// [`encode_message`] for the stub's own messages: one copy of their serialiser,
+/// compiled in this crate (which kernel profiles build for size, as cold code)
+/// rather than in each embedding's generic code.
+///
+/// # Errors
+///
+/// Those of [`encode_message`].
+#[inline(never)]
+pub fn encode_stub_message(
+    message: &crate::message::StubMessage<'_>,
+    scratch: &mut [u8],
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    encode_message(message, scratch, out)
+}
+
+/// [`encode_message`] for requests, compiled once here like
+/// [`encode_stub_message`] (for kernels that send requests themselves, as the demo
+/// kernel's intruder does).
+///
+/// # Errors
+///
+/// Those of [`encode_message`].
+#[inline(never)]
+pub fn encode_request(
+    request: &crate::message::Request<'_>,
+    scratch: &mut [u8],
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    encode_message(request, scratch, out)
+}
+
 /// Translates a postcard error into the framing layer's own error.
 fn serialize_error(error: postcard::Error) -> EncodeError {
     match error {

@@ -71,6 +71,7 @@ pub enum AggregateKind {
 impl AggregateKind {
     /// Number of regular buckets of a linear histogram (without the two outliers),
     /// or `None` if the parameters are invalid.
+    #[inline]
     pub const fn linear_buckets(min: i64, max: i64, step: u64) -> Option<u64> {
         if step == 0 || max <= min {
             return None;
@@ -105,8 +106,13 @@ impl AggregateKind {
     }
 }
 
+// The bucket functions run in probe context (aggregations): `#[inline]` has the
+// stub compile them itself, at its own optimisation level rather than this
+// crate's (kernel profiles build the protocol for size).
+
 /// The log2-histogram bucket of a value: 0 for negatives, 1 for zero, and
 /// `k + 2` for values in `[2^k, 2^(k+1))`.
+#[inline]
 pub const fn log2_bucket(value: i64) -> usize {
     if value < 0 {
         0
@@ -119,6 +125,7 @@ pub const fn log2_bucket(value: i64) -> usize {
 
 /// The linear-histogram bucket of a value: 0 below `min`, `1 + (value - min) / step`
 /// inside, and `buckets + 1` at or above `max`.
+#[inline]
 pub const fn linear_bucket(value: i64, min: i64, max: i64, step: u64) -> usize {
     if value < min {
         0

@@ -763,6 +763,10 @@ fn read_varint_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
 }
 
 /// Decodes a request from a frame payload. Never panics.
+///
+/// Kept out of line: the decoder is compiled here, where kernel profiles
+/// optimise it for size (it is cold: one call per request).
+#[inline(never)]
 pub fn decode_request(payload: &[u8]) -> Result<Request<'_>, postcard::Error> {
     postcard::from_bytes(payload)
 }

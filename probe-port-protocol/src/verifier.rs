@@ -575,8 +575,25 @@ pub fn verify<'p, const SLOTS: usize>(
         return Err(VerifyError::at(limit, Rule::TooLong));
     }
     let len = insns.len();
-    let states = &mut scratch.states[..len];
-    let wide_tail = &mut scratch.wide_tail[..len];
+    verify_in(
+        insns,
+        config,
+        &mut scratch.states[..len],
+        &mut scratch.wide_tail[..len],
+    )
+}
+
+/// [`verify`] for a program that fits `states` and `wide_tail` (one slot each per
+/// instruction): not generic, so that there is one copy of the verifier, compiled
+/// in this crate (which kernel profiles build for size: verifying is cold).
+#[inline(never)]
+fn verify_in<'p>(
+    insns: &'p [Insn],
+    config: &VerifierConfig<'_>,
+    states: &mut [Option<Registers>],
+    wide_tail: &mut [bool],
+) -> Result<VerifiedProgram<'p>, VerifyError> {
+    let len = insns.len();
     states.fill(None);
     wide_tail.fill(false);
     mark_wide_tails(insns, wide_tail);

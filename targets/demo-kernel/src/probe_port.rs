@@ -29,7 +29,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use probe_port_protocol::frame::{FrameDecoder, encode_message};
+use probe_port_protocol::frame::{FrameDecoder, encode_stub_message};
 
 use crate::console::println;
 use crate::ipc::{self, IpcError, PortId, RightKind, RightName};
@@ -168,7 +168,7 @@ fn refuse_frames(request: &[u8], reply: &mut dyn FnMut(&[u8])) {
         STUB.refuse_unprivileged(payload, &mut |message| {
             let mut scratch = [0u8; 64];
             let mut frame = [0u8; 80];
-            if let Ok(length) = encode_message(message, &mut scratch, &mut frame) {
+            if let Ok(length) = encode_stub_message(message, &mut scratch, &mut frame) {
                 reply(&frame[..length]);
             }
         });

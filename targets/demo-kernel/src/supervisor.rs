@@ -190,7 +190,7 @@ fn intruder_request(seq: u32) -> alloc::vec::Vec<u8> {
     let mut scratch = [0u8; 128];
     let mut frame = [0u8; 160];
     let length =
-        probe_port_protocol::frame::encode_message(&request, &mut scratch, &mut frame).unwrap_or(0);
+        probe_port_protocol::frame::encode_request(&request, &mut scratch, &mut frame).unwrap_or(0);
     frame[..length].to_vec()
 }
 
