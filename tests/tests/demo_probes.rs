@@ -802,14 +802,13 @@ fn every_function_armed_at_once_refused_precisely_and_counted_exactly() {
     let reentered: u64 = cpus.iter().map(|cpu| cpu.reentered).sum();
     assert_eq!(hits, cpus.iter().map(|cpu| cpu.hits).sum::<u64>());
     // A probe in code that runs in probe context after the stub's re-entry guard
-    // (the interpreter under a handler, the timer entry's own work at every tick)
-    // is hit re-entered: counted on the CPU and as the probe's miss. Between `Stop`
-    // staging every probe and restoring the last breakpoint byte, the timer entry
-    // still traps on such sites, and those re-entered hits count on the CPU alone.
-    assert!(
-        misses > 0 && misses <= reentered,
-        "misses {misses}, reentered {reentered}"
-    );
+    // (code a handler calls that the kernel does not forbid) is hit re-entered:
+    // counted on the CPU and as the probe's miss. Between `Stop` staging every
+    // probe and restoring the last breakpoint byte, such sites may still trap, and
+    // those re-entered hits count on the CPU alone. (With compiled handlers the
+    // whole hit path is in the stub's forbidden section, so there may be none.)
+    eprintln!("misses {misses}, reentered {reentered}");
+    assert!(misses <= reentered, "misses {misses}, reentered {reentered}");
     assert!(stats.values().all(|stats| stats.faults == 0));
     let totals = expected_totals(ROUNDS);
     for (function, expected) in [
