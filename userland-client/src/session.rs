@@ -42,6 +42,7 @@ use serde_json::json;
 use crate::debuginfo::{BuildIdMismatch, Kernel};
 use crate::port::{OwnedEvent, Port, PortError, Reply, TimedRead, Unsolicited};
 use crate::resolve::DwarfResolver;
+use crate::stub_markers::WithMarkers;
 
 /// How output is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -70,6 +71,10 @@ pub struct SessionOptions {
     /// the running kernel's table (which is what the script compiles against) must
     /// equal it, or nothing is sent.
     pub image_markers: Option<Vec<Marker>>,
+    /// Adds the built-in tapsets of the kernel the handshake names
+    /// (`lang::tapset::Builtin::for_kernel`) before compiling: for sources loaded
+    /// without them ([`crate::script::load_for_target`]).
+    pub target_tapsets: bool,
 }
 
 impl Default for SessionOptions {
@@ -81,6 +86,7 @@ impl Default for SessionOptions {
             poll_interval: Duration::from_millis(20),
             client_name: format!("probeport {}", env!("CARGO_PKG_VERSION")),
             image_markers: None,
+            target_tapsets: false,
         }
     }
 }
@@ -433,7 +439,7 @@ impl<S: TimedRead> Session<'_, '_, S> {
         // Handshake and identity.
         let hello = self.port.hello(&options.client_name)?;
         self.last_request = Instant::now();
-        let (build_id, cpu_count, max_insns, lease_ms, map_memory, capabilities) =
+        let (build_id, cpu_count, max_insns, lease_ms, map_memory, capabilities, kernel_name) =
             match hello.ok()? {
                 ReplyBody::Hello(hello) => (
                     hello.kernel.build_id.to_vec(),
@@ -442,9 +448,23 @@ impl<S: TimedRead> Session<'_, '_, S> {
                     hello.lease_ms,
                     hello.limits.map_memory,
                     hello.capabilities,
+                    hello.kernel.name.to_string(),
                 ),
                 other => return Err(unexpected("Hello", &other)),
             };
+        // The tapsets of the kernel the stub names (Linux's or the demo kernel's).
+        let with_tapsets;
+        let sources = if options.target_tapsets {
+            let mut added = sources.clone();
+            lang::tapset::add_builtin_for(
+                &mut added,
+                lang::tapset::Builtin::for_kernel(&kernel_name),
+            );
+            with_tapsets = added;
+            &with_tapsets
+        } else {
+            sources
+        };
         self.cpu_count = cpu_count.max(1);
         self.jumps = capabilities.has(Capabilities::JUMP);
         if let Some(kernel) = self.kernel
@@ -471,10 +491,20 @@ impl<S: TimedRead> Session<'_, '_, S> {
             // The stub names kernel functions itself (PROTOCOL.md §8.10).
             None if capabilities.has(Capabilities::KERNEL_SYMBOL) => compile(
                 sources,
-                &crate::uprobe::KernelSymbolResolver,
+                &WithMarkers {
+                    inner: crate::uprobe::KernelSymbolResolver,
+                    markers,
+                },
                 &compile_options,
             ),
-            None => compile(sources, &crate::uprobe::UserResolver, &compile_options),
+            None => compile(
+                sources,
+                &WithMarkers {
+                    inner: crate::uprobe::UserResolver,
+                    markers,
+                },
+                &compile_options,
+            ),
         };
         let warnings: Vec<Diagnostic> = diagnostics
             .iter()
