@@ -1125,6 +1125,12 @@ impl Translator<'_, '_> {
     fn task_name(&mut self, size: usize) {
         let out = &mut self.out;
         out.store_reg(op::SIZE_DW, FP, SPILL_A, R1);
+        // Some kernels (Debian's 6.1) copy the name with `strscpy`, which leaves the
+        // bytes after its NUL as they were: zero them first, so the name is
+        // NUL-padded as our helper promises (and equal names make equal map keys).
+        for word in 0..COMM_SIZE.div_ceil(8) {
+            out.store_imm(op::SIZE_DW, FP, COMM + 8 * word as i16, 0);
+        }
         out.mov_reg(R1, FP);
         out.alu_imm(op::ADD, R1, i32::from(COMM));
         out.mov_imm(R2, COMM_SIZE as i32);
