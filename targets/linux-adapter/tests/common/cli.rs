@@ -68,9 +68,18 @@ pub struct Run {
 impl Run {
     /// `probeport run --port PORT SCRIPT`.
     pub fn start(port: &str, script: &Path) -> Run {
+        Run::with_args(&[
+            "run".as_ref(),
+            "--port".as_ref(),
+            port.as_ref(),
+            script.as_os_str(),
+        ])
+    }
+
+    /// `probeport ARGS...`.
+    pub fn with_args(args: &[&std::ffi::OsStr]) -> Run {
         let mut child = Command::new(probeport())
-            .args(["run", "--port", port])
-            .arg(script)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -121,6 +130,12 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// Stops the run as Ctrl-C does (it still prints its maps).
+    pub fn interrupt(&self) {
+        // SAFETY: signalling our own child, which has not been waited for.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
     }
 
     /// Waits for the run to end by itself (killing it after `within`): its exit
@@ -201,37 +216,58 @@ pub fn named_copy(binary: &Path, directory: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// Serves `stream` (a guest's COM2) on a Unix socket at `path` for one client,
-/// copying bytes both ways until either side closes.
+/// Serves `stream` (a guest's COM2) on a Unix socket at `path`, to one client
+/// after another: bytes from the guest go to the client connected at the time
+/// (and are dropped between clients), bytes from a client go to the guest. The
+/// serial daemon starts a fresh session at each client's `Hello`.
 pub fn relay(stream: UnixStream, path: &Path) {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).expect("relay socket");
+    let current: std::sync::Arc<std::sync::Mutex<Option<UnixStream>>> = Default::default();
+    let mut from_guest = stream.try_clone().expect("clone of the port");
+    let sink = std::sync::Arc::clone(&current);
     std::thread::spawn(move || {
-        let Ok((client, _)) = listener.accept() else {
-            return;
-        };
-        let copy = |mut from: UnixStream, mut to: UnixStream| {
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                loop {
-                    match from.read(&mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => {
-                            if to.write_all(&buffer[..read]).is_err() {
-                                break;
-                            }
+        let mut buffer = [0u8; 4096];
+        loop {
+            match from_guest.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => {
+                    let mut client = sink
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(stream) = client.as_mut()
+                        && stream.write_all(&buffer[..read]).is_err()
+                    {
+                        *client = None;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else {
+                break;
+            };
+            *current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(client.try_clone().expect("clone of the client"));
+            let mut to_guest = stream.try_clone().expect("clone of the port");
+            let mut buffer = [0u8; 4096];
+            loop {
+                match client.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => {
+                        if to_guest.write_all(&buffer[..read]).is_err() {
+                            break;
                         }
                     }
                 }
-                let _ = to.shutdown(std::net::Shutdown::Write);
-            })
-        };
-        let guest_to_client = copy(
-            stream.try_clone().expect("clone of the port"),
-            client.try_clone().expect("clone of the client"),
-        );
-        let client_to_guest = copy(client, stream);
-        let _ = guest_to_client.join();
-        let _ = client_to_guest.join();
+            }
+            *current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
     });
 }
