@@ -122,6 +122,7 @@ fn request_body() -> impl Strategy<Value = RequestBody<'static>> {
             window,
         }),
         Just(RequestBody::Goodbye),
+        any::<u64>().prop_map(|address| RequestBody::Symbolize { address }),
     ]
 }
 
@@ -280,6 +281,13 @@ fn reply_body() -> impl Strategy<Value = ReplyBody<'static>> {
         marker,
         (any::<u64>(), bytes(128))
             .prop_map(|(address, bytes)| ReplyBody::Memory { address, bytes }),
+        (any::<u64>(), text(64), any::<u64>()).prop_map(|(address, name, offset)| {
+            ReplyBody::Symbol {
+                address,
+                name,
+                offset,
+            }
+        }),
     ]
 }
 
@@ -346,6 +354,7 @@ fn request_kind(body: &RequestBody<'_>) -> u32 {
         RequestBody::KeepAlive => 12,
         RequestBody::Goodbye => 13,
         RequestBody::Jump { .. } => 14,
+        RequestBody::Symbolize { .. } => 15,
     }
 }
 
