@@ -16,6 +16,7 @@
 //! - [`translate`]: our verified handler programs into Linux BPF (pure, tested on
 //!   the host without privileges).
 //! - [`sys`]: `bpf()`, `perf_event_open()` and the ring buffer's pages.
+//! - [`kallsyms`]: kernel addresses named from `/proc/kallsyms` (`Symbolize`).
 //! - [`tracepoints`]: the kernel tracepoints published as the marker table, with
 //!   their fields from tracefs.
 //!
@@ -27,6 +28,7 @@
 //! - Every kernel object is an owned descriptor of the session; nothing outlives
 //!   the client's session.
 
+pub mod kallsyms;
 pub mod serial;
 pub mod server;
 pub mod session;

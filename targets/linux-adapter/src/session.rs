@@ -34,6 +34,7 @@ use probe_port_protocol::message::{
 };
 use probe_port_protocol::verifier::{ProgramKind, VerifierConfig, verify_alloc};
 
+use crate::kallsyms::KernelSymbols;
 use crate::sys::{
     self, BpfMap, BpfProgram, KprobePmu, PROG_TYPE_KPROBE, PROG_TYPE_PERF_EVENT,
     PROG_TYPE_TRACEPOINT, ProbeEvent, RingBuffer, UprobePmu, map_type,
@@ -82,6 +83,15 @@ pub enum Outcome {
         entries: Vec<u8>,
         /// The next cursor.
         next_cursor: Option<u32>,
+    },
+    /// `Ok(Symbol)` with an owned name.
+    Symbol {
+        /// The address asked about.
+        address: u64,
+        /// The function's name.
+        name: String,
+        /// From the function's start.
+        offset: u64,
     },
     /// `Err` with an owned text detail or none.
     Error {
@@ -142,6 +152,15 @@ impl Outcome {
                 entries,
                 next_cursor: *next_cursor,
             })),
+            Outcome::Symbol {
+                address,
+                name,
+                offset,
+            } => Ok(ReplyBody::Symbol {
+                address: *address,
+                name,
+                offset: *offset,
+            }),
             Outcome::Error { code, detail, text } => Err(ErrorReply::with(
                 *code,
                 match text {
@@ -201,6 +220,9 @@ pub struct Session {
     kprobes: Option<KprobePmu>,
     /// The marker table: the tracepoints the daemon publishes.
     markers: &'static [Tracepoint],
+    /// The kernel's text symbols, read from `/proc/kallsyms` at the first
+    /// `Symbolize` of the session.
+    symbols: Option<KernelSymbols>,
     cpus: usize,
     lease_ms: u32,
     ring_bytes: usize,
@@ -275,6 +297,7 @@ impl Session {
             pmu,
             kprobes: KprobePmu::discover().ok(),
             markers: tracepoints::table(),
+            symbols: None,
             cpus,
             lease_ms,
             ring_bytes,
@@ -367,6 +390,7 @@ impl Session {
                 error_text(ErrorCode::UNSUPPORTED, "kernel memory reads on Linux")
             }
             RequestBody::KeepAlive => Outcome::Body(ReplyBody::Done),
+            RequestBody::Symbolize { address } => self.symbolize(*address),
             RequestBody::Goodbye => {
                 self.teardown();
                 self.ended = true;
@@ -439,6 +463,7 @@ impl Session {
                 capabilities: Capabilities(
                     Capabilities::USER
                         | Capabilities::READ_USER
+                        | Capabilities::SYMBOLIZE
                         | Capabilities::TIMER
                         | Capabilities::PROFILE
                         | if self.markers.is_empty() {
@@ -791,6 +816,36 @@ impl Session {
         Outcome::Body(ReplyBody::Armed {
             probe: ProbeId(probe),
         })
+    }
+
+    /// `Symbolize`: the text symbol of `/proc/kallsyms` containing `address`.
+    fn symbolize(&mut self, address: u64) -> Outcome {
+        if self.symbols.is_none() {
+            match KernelSymbols::read() {
+                Ok(symbols) => self.symbols = Some(symbols),
+                Err(cause) => {
+                    return error_text(ErrorCode::UNSUPPORTED, &format!("kallsyms: {cause}"));
+                }
+            }
+        }
+        let found = self
+            .symbols
+            .as_ref()
+            .and_then(|symbols| symbols.containing(address));
+        match found {
+            Some((name, offset)) => {
+                let mut end = name.len().min(MAX_NAME);
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                Outcome::Symbol {
+                    address,
+                    name: name[..end].to_string(),
+                    offset,
+                }
+            }
+            None => error_text(ErrorCode::INVALID_ARGUMENT, "address"),
+        }
     }
 
     /// `DescribeMarker`: the published tracepoints (PROTOCOL.md §8.4), at address 0.
