@@ -109,6 +109,22 @@ fn profile_example_samples_every_cpu() {
         places.values().sum::<u64>(),
         "{text}"
     );
+    // `probefunc`: kernel addresses named by the daemon from this kernel's
+    // kallsyms (`Symbolize`), user-space ones in hex.
+    for place in places.keys() {
+        let named = place.split_once("+0x").is_some_and(|(name, offset)| {
+            !name.is_empty() && u64::from_str_radix(offset, 16).is_ok()
+        });
+        let user = place
+            .strip_prefix("0x")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .is_some_and(|address| address < 0xffff_8000_0000_0000);
+        assert!(
+            named || user,
+            "@where[{place}] is neither named nor user space:\n{text}"
+        );
+    }
+    assert!(places.keys().any(|place| place.contains("+0x")), "{text}");
     assert!(
         samples.keys().any(|key| key.ends_with(", ppx-spin")),
         "the spinning process was never sampled:\n{text}"
