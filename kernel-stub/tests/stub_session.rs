@@ -797,6 +797,21 @@ fn kernel_symbol_sites_are_unsupported_and_not_announced() {
 }
 
 #[test]
+fn symbolize_is_unsupported_and_not_announced() {
+    let mut client = Client::new(new_stub!());
+    let reply = client.hello();
+    let ReplyBody::Hello(hello) = reply.ok() else {
+        panic!("not a hello");
+    };
+    assert!(!hello.capabilities.has(Capabilities::SYMBOLIZE));
+    client
+        .send(RequestBody::Symbolize {
+            address: 0xffff_ffff_8100_0000,
+        })
+        .assert_err(ErrorCode::UNSUPPORTED, ErrorDetail::None);
+}
+
+#[test]
 fn a_text_write_the_platform_refuses_fails_start_and_restores_everything() {
     let mut client = Client::new(new_stub!());
     client.open();

@@ -689,3 +689,30 @@ fn user_sites_have_a_fixed_encoding() {
         r#"{"marker", "user"}"#
     );
 }
+
+#[test]
+fn symbolize_has_a_fixed_encoding() {
+    let request = Request {
+        seq: 1,
+        body: RequestBody::Symbolize { address: 0x81 },
+    };
+    // Sequence number, request kind 15, the address as a varint.
+    let bytes = encode(&request).unwrap();
+    assert_eq!(bytes, [1, 15, 0x81, 0x01]);
+    assert_eq!(decode_request(&bytes).unwrap(), request);
+    let reply = ReplyBody::Symbol {
+        address: 0x81,
+        name: "f",
+        offset: 2,
+    };
+    // Reply body 8, the address, the name (length then bytes), the offset.
+    assert_eq!(
+        postcard::to_allocvec(&reply).unwrap(),
+        [8, 0x81, 0x01, 1, b'f', 2]
+    );
+    assert_eq!(
+        format!("{:?}", Capabilities(Capabilities::SYMBOLIZE)),
+        r#"{"symbolize"}"#
+    );
+    assert_eq!(Capabilities::SYMBOLIZE, 0x400);
+}
