@@ -126,8 +126,8 @@ fn too_many_cpus_is_unsupported() {
 fn undecodable_requests_still_get_exactly_one_reply() {
     let mut client = Client::new(new_stub!());
     let cases: [(&[u8], u32, ErrorCode); 5] = [
-        // seq 7, kind 15: a request kind this version does not know.
-        (&[0x07, 0x0f], 7, ErrorCode::UNKNOWN_REQUEST),
+        // seq 7, kind 16: a request kind this version does not know.
+        (&[0x07, 0x10], 7, ErrorCode::UNKNOWN_REQUEST),
         // seq 300, kind 200 (two-byte varint).
         (&[0xac, 0x02, 0xc8, 0x01], 300, ErrorCode::UNKNOWN_REQUEST),
         // seq 5, Hello cut short.

@@ -738,7 +738,7 @@ impl Request<'_> {
 pub const UNATTRIBUTED_SEQ: u32 = u32::MAX;
 
 /// Number of request kinds this version knows (`RequestBody` variants).
-pub const REQUEST_KINDS: u32 = 15;
+pub const REQUEST_KINDS: u32 = 16;
 
 /// What a stub can still learn from a request it cannot decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

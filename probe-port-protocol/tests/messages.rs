@@ -490,9 +490,9 @@ fn protocol_examples_are_exact() {
 
 #[test]
 fn undecodable_requests_are_classified() {
-    // seq 5, request kind 15: newer than this version.
+    // seq 5, request kind 16: newer than this version.
     assert_eq!(
-        classify_undecodable(&[0x05, 0x0f]),
+        classify_undecodable(&[0x05, 0x10]),
         UndecodableRequest {
             seq: 5,
             code: ErrorCode::UNKNOWN_REQUEST
