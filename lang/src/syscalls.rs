@@ -411,4 +411,19 @@ mod tests {
         assert_eq!(x86_64_name(100_000), None);
         assert!(X86_64.windows(2).all(|pair| pair[0].0 < pair[1].0));
     }
+
+    #[test]
+    fn syscall_values_print_as_names() {
+        use crate::compiled::ValueType;
+        use crate::format::format_value;
+        let none = |_: u64| None;
+        assert_eq!(
+            format_value(ValueType::Syscall, &110u64.to_le_bytes(), &none),
+            "getppid"
+        );
+        assert_eq!(
+            format_value(ValueType::Syscall, &999u64.to_le_bytes(), &none),
+            "syscall_999"
+        );
+    }
 }
