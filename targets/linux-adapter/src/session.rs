@@ -184,8 +184,8 @@ struct Probe {
     /// The site's perf events: the probe itself, then (return sites with an entry
     /// program) the entry probe.
     events: Vec<ProbeEvent>,
-    /// Kept open while the events use them.
-    _programs: Vec<BpfProgram>,
+    /// Kept open while the events use them; asked for the runs Linux skipped.
+    programs: Vec<BpfProgram>,
 }
 
 impl Probe {
@@ -715,10 +715,7 @@ impl Session {
             events.push(event);
             programs.push(program);
         }
-        let armed = Probe {
-            events,
-            _programs: programs,
-        };
+        let armed = Probe { events, programs };
         if self.started
             && let Err(cause) = armed.set_enabled(true)
         {
@@ -802,10 +799,7 @@ impl Session {
             events.push(event);
             programs.push(program);
         }
-        let armed = Probe {
-            events,
-            _programs: programs,
-        };
+        let armed = Probe { events, programs };
         if self.started
             && let Err(cause) = armed.set_enabled(true)
         {
@@ -964,10 +958,7 @@ impl Session {
         events: Vec<ProbeEvent>,
         programs: Vec<BpfProgram>,
     ) -> Outcome {
-        let armed = Probe {
-            events,
-            _programs: programs,
-        };
+        let armed = Probe { events, programs };
         if self.started
             && let Err(cause) = armed.set_enabled(true)
         {
@@ -1059,10 +1050,20 @@ impl Session {
         };
         let per_cpu = self.per_cpu_words(&shared.stats, &probe.to_ne_bytes(), stat::WORDS);
         let total = |word: usize| per_cpu.iter().map(|words| words[word]).sum::<u64>();
+        // Linux skips a program whose CPU is already running one (or is inside a
+        // bpf() map operation of user space): the kernel counts those runs as the
+        // program's recursion misses, and they are misses here too.
+        let skipped: u64 = self.probes.get(&probe).map_or(0, |armed| {
+            armed
+                .programs
+                .iter()
+                .map(|program| program.recursion_misses().unwrap_or(0))
+                .sum()
+        });
         Outcome::Body(ReplyBody::ProbeStats(ProbeStats {
             probe: ProbeId(probe),
             hits: total(stat::HITS),
-            misses: total(stat::MISSES),
+            misses: total(stat::MISSES) + skipped,
             faults: total(stat::FAULTS),
             // Each CPU keeps its own last one; any CPU's is "the last" of some CPU.
             last_fault_address: per_cpu

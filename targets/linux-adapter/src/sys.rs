@@ -292,6 +292,19 @@ impl BpfProgram {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    /// How many times Linux skipped the program because its CPU was already
+    /// running a BPF program or was inside a `bpf()` map operation (the
+    /// `recursion_misses` line of the descriptor's `fdinfo`; 0 on kernels that do
+    /// not report it).
+    pub fn recursion_misses(&self) -> io::Result<u64> {
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.raw_fd()))?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("recursion_misses:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0))
+    }
 }
 
 fn next_id(command: i32, start: u32) -> io::Result<Option<u32>> {
