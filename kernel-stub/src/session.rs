@@ -552,6 +552,9 @@ impl<P: Platform> Stub<P> {
             }
             RequestBody::KeepAlive => Ok(ReplyBody::Done),
             RequestBody::Jump { probe, window } => self.jump(session, probe.0, *window),
+            // The stub holds no symbol table: clients name addresses from the
+            // kernel's image (the capability is not announced).
+            RequestBody::Symbolize { .. } => Err(refuse(ErrorCode::UNSUPPORTED)),
             RequestBody::Goodbye => {
                 self.teardown(session);
                 Ok(ReplyBody::Done)

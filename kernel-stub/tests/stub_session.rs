@@ -126,8 +126,8 @@ fn too_many_cpus_is_unsupported() {
 fn undecodable_requests_still_get_exactly_one_reply() {
     let mut client = Client::new(new_stub!());
     let cases: [(&[u8], u32, ErrorCode); 5] = [
-        // seq 7, kind 15: a request kind this version does not know.
-        (&[0x07, 0x0f], 7, ErrorCode::UNKNOWN_REQUEST),
+        // seq 7, kind 16: a request kind this version does not know.
+        (&[0x07, 0x10], 7, ErrorCode::UNKNOWN_REQUEST),
         // seq 300, kind 200 (two-byte varint).
         (&[0xac, 0x02, 0xc8, 0x01], 300, ErrorCode::UNKNOWN_REQUEST),
         // seq 5, Hello cut short.
@@ -794,6 +794,21 @@ fn kernel_symbol_sites_are_unsupported_and_not_announced() {
         );
     // The refusal armed nothing: the first probe still gets number 1.
     assert_eq!(client.arm(timer(), &noop()).probe(), 1);
+}
+
+#[test]
+fn symbolize_is_unsupported_and_not_announced() {
+    let mut client = Client::new(new_stub!());
+    let reply = client.hello();
+    let ReplyBody::Hello(hello) = reply.ok() else {
+        panic!("not a hello");
+    };
+    assert!(!hello.capabilities.has(Capabilities::SYMBOLIZE));
+    client
+        .send(RequestBody::Symbolize {
+            address: 0xffff_ffff_8100_0000,
+        })
+        .assert_err(ErrorCode::UNSUPPORTED, ErrorDetail::None);
 }
 
 #[test]

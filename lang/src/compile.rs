@@ -273,8 +273,24 @@ pub(crate) struct Compiler<'a> {
 
 /// Builtin names that script functions may not take.
 pub(crate) const BUILTIN_FUNCTIONS: &[&str] = &[
-    "printf", "print", "clear", "delete", "exit", "str", "reg", "ksym", "kstack", "count", "sum",
-    "min", "max", "avg", "stats", "hist", "lhist",
+    "printf",
+    "print",
+    "clear",
+    "delete",
+    "exit",
+    "str",
+    "reg",
+    "ksym",
+    "kstack",
+    "x86_64_syscall",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "stats",
+    "hist",
+    "lhist",
 ];
 
 impl<'a> Compiler<'a> {

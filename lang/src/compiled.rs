@@ -260,6 +260,9 @@ pub enum ValueType {
     Pointer,
     /// A code address, 8 bytes, printed as `function+offset` by the client.
     Symbol,
+    /// An x86-64 Linux system call number, 8 bytes, printed as its name by the
+    /// client ([`crate::syscalls`]).
+    Syscall,
     /// A NUL-padded string of `size` bytes.
     Str {
         /// Its buffer size.
@@ -479,6 +482,7 @@ fn describe_value(ty: ValueType) -> String {
         ValueType::Bool => "bool".to_string(),
         ValueType::Pointer => "pointer".to_string(),
         ValueType::Symbol => "symbol".to_string(),
+        ValueType::Syscall => "syscall".to_string(),
         ValueType::Str { size } => format!("string[{size}]"),
         ValueType::Stack { depth } => format!("kstack[{depth}]"),
     }

@@ -138,6 +138,7 @@ enum Value {
     Bool(bool),
     Pointer(u64),
     Symbol(u64),
+    Syscall(u64),
     Str(Vec<u8>),
     Stack(Vec<u64>),
     Missing,
@@ -160,6 +161,7 @@ fn read_value(data: &[u8], field: &Field) -> Value {
         ValueType::Bool => scalar(|bits| Value::Bool(bits != 0)),
         ValueType::Pointer => scalar(Value::Pointer),
         ValueType::Symbol => scalar(Value::Symbol),
+        ValueType::Syscall => scalar(Value::Syscall),
         ValueType::Str { size } => match data.get(offset..offset + size as usize) {
             Some(bytes) => {
                 let end = bytes
@@ -198,6 +200,8 @@ fn plain(value: &Value, symbolizer: Symbolizer<'_>) -> String {
         Value::Bool(value) => value.to_string(),
         Value::Pointer(address) => format!("{address:#x}"),
         Value::Symbol(address) => symbol(*address, symbolizer),
+        Value::Syscall(number) => crate::syscalls::x86_64_name(*number)
+            .map_or_else(|| format!("syscall_{number}"), str::to_string),
         Value::Str(bytes) => String::from_utf8_lossy(bytes).into_owned(),
         Value::Stack(frames) => {
             let mut text = String::new();
@@ -237,7 +241,10 @@ fn pad(spec: &Conversion, body: String, numeric: bool) -> String {
 
 fn convert(spec: &Conversion, value: &Value, symbolizer: Symbolizer<'_>) -> String {
     let bits = match value {
-        Value::Int { bits, .. } | Value::Pointer(bits) | Value::Symbol(bits) => Some(*bits),
+        Value::Int { bits, .. }
+        | Value::Pointer(bits)
+        | Value::Symbol(bits)
+        | Value::Syscall(bits) => Some(*bits),
         Value::Bool(value) => Some(u64::from(*value)),
         _ => None,
     };

@@ -48,6 +48,7 @@ pub mod lexer;
 pub mod parser;
 pub mod resolver;
 pub mod source;
+pub mod syscalls;
 pub mod tapset;
 pub mod types;
 

@@ -1955,6 +1955,14 @@ impl Lowerer<'_, '_> {
                 self.scalar(&args[0], depth)?;
                 Ok(Val::Scalar(Type::Symbol))
             }
+            "x86_64_syscall" => {
+                if args.len() != 1 {
+                    self.cx.arity(span, "x86_64_syscall", 1, args.len());
+                    return Err(Reported);
+                }
+                self.scalar(&args[0], depth)?;
+                Ok(Val::Scalar(Type::Syscall))
+            }
             "kstack" => {
                 if args.len() > 1 {
                     self.cx.arity(span, "kstack", 1, args.len());
@@ -2590,7 +2598,7 @@ impl Lowerer<'_, '_> {
     fn reject_symbol(&mut self, ty: &Type, span: Span) -> R<()> {
         if matches!(
             ty,
-            Type::Int { .. } | Type::Bool | Type::Pointer(_) | Type::Symbol
+            Type::Int { .. } | Type::Bool | Type::Pointer(_) | Type::Symbol | Type::Syscall
         ) {
             Ok(())
         } else {
@@ -3490,7 +3498,7 @@ fn conversion_problem(kind: char, ty: Option<&Type>) -> Option<String> {
         }
         's' => None,
         'd' | 'i' | 'u' | 'x' | 'X' | 'o' => match ty {
-            Type::Int { .. } | Type::Bool | Type::Pointer(_) => None,
+            Type::Int { .. } | Type::Bool | Type::Pointer(_) | Type::Syscall => None,
             Type::Symbol if matches!(kind, 'x' | 'X') => None,
             _ => Some("print it with `%s`".to_string()),
         },

@@ -6,8 +6,12 @@
 //! a definition the script does not use costs nothing, because functions are
 //! inlined and aliases expanded only where used.
 //!
-//! [`BUILTIN`] holds the tapsets shipped with the crate (the demo kernel's), so a
-//! client finds them without an installed search path.
+//! [`BUILTIN`] holds the tapsets shipped with the crate for the demo kernel (and
+//! the kernels that share its conventions), [`LINUX`] those for Linux through the
+//! adapter, so a client finds them without an installed search path. Both define
+//! `syscall.enter` and `syscall_name`, each for its kernel, so a compilation takes
+//! the tapsets of one target: [`Builtin::for_kernel`] chooses by the kernel name
+//! the handshake gives.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,9 +24,51 @@ pub const BUILTIN: &[(&str, &str)] = &[(
     include_str!("../tapsets/demo_kernel.probe"),
 )];
 
-/// Adds the built-in tapsets to `sources`.
+/// Tapsets built into the crate for Linux (the adapter's tracepoint markers).
+pub const LINUX: &[(&str, &str)] = &[(
+    "<builtin>/linux.probe",
+    include_str!("../tapsets/linux.probe"),
+)];
+
+/// Which built-in tapsets a compilation takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    /// [`BUILTIN`]: the demo kernel's (also what GNU Mach is compiled with).
+    DemoKernel,
+    /// [`LINUX`].
+    Linux,
+}
+
+impl Builtin {
+    /// The tapsets for a kernel named `name` in the handshake (`KernelIdentity`):
+    /// Linux's for `Linux …` (the adapter says `Linux <release>`), else the demo
+    /// kernel's.
+    pub fn for_kernel(name: &str) -> Builtin {
+        if name == "Linux" || name.starts_with("Linux ") {
+            Builtin::Linux
+        } else {
+            Builtin::DemoKernel
+        }
+    }
+
+    /// Its files: name and text.
+    pub fn files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Builtin::DemoKernel => BUILTIN,
+            Builtin::Linux => LINUX,
+        }
+    }
+}
+
+/// Adds the built-in tapsets of the demo kernel to `sources`.
 pub fn add_builtin(sources: &mut Sources) -> Vec<FileId> {
-    BUILTIN
+    add_builtin_for(sources, Builtin::DemoKernel)
+}
+
+/// Adds the built-in tapsets of `target` to `sources`.
+pub fn add_builtin_for(sources: &mut Sources, target: Builtin) -> Vec<FileId> {
+    target
+        .files()
         .iter()
         .map(|(name, text)| sources.add_tapset(*name, *text))
         .collect()

@@ -47,6 +47,8 @@ pub enum Type {
     Str(u16),
     /// A code address printed as a symbol.
     Symbol,
+    /// An x86-64 Linux system call number, printed as the call's name.
+    Syscall,
     /// A kernel stack of this many frames.
     Stack(u16),
     /// A function (behind function pointers).
@@ -77,7 +79,7 @@ impl Type {
         match self {
             Type::Int { bytes, .. } => u64::from(*bytes),
             Type::Bool => 1,
-            Type::Pointer(_) | Type::Symbol => 8,
+            Type::Pointer(_) | Type::Symbol | Type::Syscall => 8,
             Type::Void | Type::Function | Type::Unsupported { .. } => 0,
             Type::Record { size, .. } => *size,
             Type::Array { element, count } => element.size() * count,
@@ -90,7 +92,7 @@ impl Type {
     pub fn is_scalar(&self) -> bool {
         matches!(
             self,
-            Type::Int { .. } | Type::Bool | Type::Pointer(_) | Type::Symbol
+            Type::Int { .. } | Type::Bool | Type::Pointer(_) | Type::Symbol | Type::Syscall
         )
     }
 
@@ -112,6 +114,7 @@ impl Type {
             Type::Bool => ValueType::Bool,
             Type::Pointer(_) => ValueType::Pointer,
             Type::Symbol => ValueType::Symbol,
+            Type::Syscall => ValueType::Syscall,
             Type::Str(size) => ValueType::Str { size: *size },
             Type::Stack(depth) => ValueType::Stack { depth: *depth },
             _ => return None,
@@ -126,6 +129,7 @@ impl Type {
             ValueType::Bool => Type::Bool,
             ValueType::Pointer => Type::Pointer(Box::new(Type::Void)),
             ValueType::Symbol => Type::Symbol,
+            ValueType::Syscall => Type::Syscall,
             ValueType::Str { size } => Type::Str(size),
             ValueType::Stack { depth } => Type::Stack(depth),
         }
@@ -150,6 +154,7 @@ impl fmt::Display for Type {
             Type::Array { element, count } => write!(f, "{element}[{count}]"),
             Type::Str(size) => write!(f, "string[{size}]"),
             Type::Symbol => f.write_str("symbol"),
+            Type::Syscall => f.write_str("syscall"),
             Type::Stack(depth) => write!(f, "kstack[{depth}]"),
             Type::Function => f.write_str("function"),
             Type::Unsupported { name, .. } => f.write_str(name),

@@ -138,6 +138,13 @@ pub enum RequestBody<'a> {
         /// the jump covers whole instructions within them.
         window: u8,
     },
+    /// 15. Name the kernel function containing `address`, from the running
+    ///     kernel's own symbol table, for a client without the kernel's image
+    ///     (capability [`Capabilities::SYMBOLIZE`]). Reply: `Symbol`.
+    Symbolize {
+        /// A kernel code address (a `PC` a handler recorded, say).
+        address: u64,
+    },
 }
 
 /// The client's half of the handshake.
@@ -291,6 +298,15 @@ pub enum ReplyBody<'a> {
         /// The bytes read.
         bytes: &'a [u8],
     },
+    /// 8. The kernel function containing an address (`Symbolize`).
+    Symbol {
+        /// The address asked about.
+        address: u64,
+        /// The function's name (at most `MAX_NAME` bytes).
+        name: &'a str,
+        /// `address` minus the function's start.
+        offset: u64,
+    },
 }
 
 /// The stub's half of the handshake.
@@ -383,6 +399,8 @@ impl Capabilities {
     pub const JUMP: u32 = 1 << 8;
     /// `Site::KernelSymbol` (kernel text named by symbol and offset).
     pub const KERNEL_SYMBOL: u32 = 1 << 9;
+    /// The `Symbolize` request (kernel addresses named by the stub).
+    pub const SYMBOLIZE: u32 = 1 << 10;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {
@@ -392,7 +410,7 @@ impl Capabilities {
 
 impl fmt::Debug for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 10] = [
+        const NAMES: [(u32, &str); 11] = [
             (Capabilities::DYNAMIC, "dynamic"),
             (Capabilities::RETURN, "return"),
             (Capabilities::MARKER, "marker"),
@@ -403,6 +421,7 @@ impl fmt::Debug for Capabilities {
             (Capabilities::USER, "user"),
             (Capabilities::JUMP, "jump"),
             (Capabilities::KERNEL_SYMBOL, "kernel-symbol"),
+            (Capabilities::SYMBOLIZE, "symbolize"),
         ];
         let mut list = f.debug_set();
         for (bit, name) in NAMES {
@@ -719,7 +738,7 @@ impl Request<'_> {
 pub const UNATTRIBUTED_SEQ: u32 = u32::MAX;
 
 /// Number of request kinds this version knows (`RequestBody` variants).
-pub const REQUEST_KINDS: u32 = 15;
+pub const REQUEST_KINDS: u32 = 16;
 
 /// What a stub can still learn from a request it cannot decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -122,6 +122,7 @@ fn request_body() -> impl Strategy<Value = RequestBody<'static>> {
             window,
         }),
         Just(RequestBody::Goodbye),
+        any::<u64>().prop_map(|address| RequestBody::Symbolize { address }),
     ]
 }
 
@@ -280,6 +281,13 @@ fn reply_body() -> impl Strategy<Value = ReplyBody<'static>> {
         marker,
         (any::<u64>(), bytes(128))
             .prop_map(|(address, bytes)| ReplyBody::Memory { address, bytes }),
+        (any::<u64>(), text(64), any::<u64>()).prop_map(|(address, name, offset)| {
+            ReplyBody::Symbol {
+                address,
+                name,
+                offset,
+            }
+        }),
     ]
 }
 
@@ -346,6 +354,7 @@ fn request_kind(body: &RequestBody<'_>) -> u32 {
         RequestBody::KeepAlive => 12,
         RequestBody::Goodbye => 13,
         RequestBody::Jump { .. } => 14,
+        RequestBody::Symbolize { .. } => 15,
     }
 }
 
@@ -481,9 +490,9 @@ fn protocol_examples_are_exact() {
 
 #[test]
 fn undecodable_requests_are_classified() {
-    // seq 5, request kind 15: newer than this version.
+    // seq 5, request kind 16: newer than this version.
     assert_eq!(
-        classify_undecodable(&[0x05, 0x0f]),
+        classify_undecodable(&[0x05, 0x10]),
         UndecodableRequest {
             seq: 5,
             code: ErrorCode::UNKNOWN_REQUEST
@@ -679,4 +688,31 @@ fn user_sites_have_a_fixed_encoding() {
         ),
         r#"{"marker", "user"}"#
     );
+}
+
+#[test]
+fn symbolize_has_a_fixed_encoding() {
+    let request = Request {
+        seq: 1,
+        body: RequestBody::Symbolize { address: 0x81 },
+    };
+    // Sequence number, request kind 15, the address as a varint.
+    let bytes = encode(&request).unwrap();
+    assert_eq!(bytes, [1, 15, 0x81, 0x01]);
+    assert_eq!(decode_request(&bytes).unwrap(), request);
+    let reply = ReplyBody::Symbol {
+        address: 0x81,
+        name: "f",
+        offset: 2,
+    };
+    // Reply body 8, the address, the name (length then bytes), the offset.
+    assert_eq!(
+        postcard::to_allocvec(&reply).unwrap(),
+        [8, 0x81, 0x01, 1, b'f', 2]
+    );
+    assert_eq!(
+        format!("{:?}", Capabilities(Capabilities::SYMBOLIZE)),
+        r#"{"symbolize"}"#
+    );
+    assert_eq!(Capabilities::SYMBOLIZE, 0x400);
 }

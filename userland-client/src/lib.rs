@@ -20,6 +20,9 @@
 //! - [`record`]: recording a session's messages and playing them back.
 //! - [`session`]: the session itself (handshake, build-id, markers, compile, maps,
 //!   arming, events, `end`, the loss and fault summary) and its text/JSON output.
+//! - [`stub_markers`]: the running stub's marker table for scripts compiled
+//!   without the kernel's image (the Linux adapter's tracepoints);
+//!   [`stub_symbols`]: kernel addresses the stub names for them (`Symbolize`).
 
 pub mod debuginfo;
 pub mod markers;
@@ -28,5 +31,7 @@ pub mod record;
 pub mod resolve;
 pub mod script;
 pub mod session;
+pub mod stub_markers;
+pub mod stub_symbols;
 pub mod target;
 pub mod uprobe;

@@ -271,7 +271,18 @@ fn check(args: &ScriptArgs, kernel: &str, dump: bool) -> Result<(), Failure> {
 }
 
 fn run_script(args: &RunArgs) -> Result<(), Failure> {
-    let sources = load_script(&args.script)?;
+    // Without an image the kernel is known from the handshake, and so are its
+    // built-in tapsets (the session adds them).
+    let sources = if args.kernel.is_some() || args.demo {
+        load_script(&args.script)?
+    } else {
+        script::load_for_target(
+            args.script.script.as_deref(),
+            args.script.program.as_deref(),
+            &args.script.tapset_dirs,
+        )
+        .map_err(Failure::from)?
+    };
     let duration = match args.duration {
         Some(seconds) if !(seconds.is_finite() && seconds > 0.0) => {
             return Err(usage(format!(
@@ -411,6 +422,8 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         duration,
         format: output.format,
         image_markers,
+        // Without the image, the tapsets are those of the kernel the stub names.
+        target_tapsets: kernel.is_none(),
         ..SessionOptions::default()
     };
     let outcome = match &kernel {

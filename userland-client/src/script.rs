@@ -18,12 +18,34 @@ use crate::resolve::DwarfResolver;
 /// The name `-e PROGRAM` gets in diagnostics.
 pub const COMMAND_LINE: &str = "<command line>";
 
-/// The script (from `path`, or `program` given inline) and every tapset.
+/// The script (from `path`, or `program` given inline) and every tapset: the
+/// demo kernel's built-in ones (the kernels compiled with an image), then each
+/// directory's.
 pub fn load(
     path: Option<&Path>,
     program: Option<&str>,
     tapset_dirs: &[PathBuf],
 ) -> io::Result<Sources> {
+    let mut sources = script_only(path, program)?;
+    lang::tapset::add_builtin(&mut sources);
+    lang::tapset::add_search_path(&mut sources, tapset_dirs)?;
+    Ok(sources)
+}
+
+/// [`load`] without the built-in tapsets, which the session adds for the kernel
+/// the handshake names (`SessionOptions::target_tapsets`): for runs without the
+/// kernel's image, whose kernel is known only once connected.
+pub fn load_for_target(
+    path: Option<&Path>,
+    program: Option<&str>,
+    tapset_dirs: &[PathBuf],
+) -> io::Result<Sources> {
+    let mut sources = script_only(path, program)?;
+    lang::tapset::add_search_path(&mut sources, tapset_dirs)?;
+    Ok(sources)
+}
+
+fn script_only(path: Option<&Path>, program: Option<&str>) -> io::Result<Sources> {
     let mut sources = Sources::new();
     match (path, program) {
         (_, Some(program)) => {
@@ -45,8 +67,6 @@ pub fn load(
             ));
         }
     }
-    lang::tapset::add_builtin(&mut sources);
-    lang::tapset::add_search_path(&mut sources, tapset_dirs)?;
     Ok(sources)
 }
 
@@ -78,15 +98,26 @@ pub fn check(
     }
 }
 
-/// Compiles `sources` with no kernel debuginfo: user-space (`process(...)`) points
+/// Compiles `sources` (loaded with [`load_for_target`]) with no kernel
+/// debuginfo, before connecting, with the Linux tapsets (a run without the
+/// kernel's image is the Linux adapter's): user-space (`process(...)`) points
 /// resolve in the traced files themselves, kernel functions by exact name for a
-/// stub that resolves symbols (the session compiles again, without them if the
-/// stub cannot).
+/// stub that resolves symbols. Markers are the stub's, unknown until connected:
+/// a marker that matches nothing is not counted as a failure here (the session
+/// compiles again against the stub's table and tapsets).
 pub fn check_user_space(sources: &Sources, options: &CompileOptions) -> Checked {
-    let (script, diagnostics) = compile(sources, &crate::uprobe::KernelSymbolResolver, options);
+    let mut sources = sources.clone();
+    lang::tapset::add_builtin_for(&mut sources, lang::tapset::Builtin::Linux);
+    let (script, diagnostics) = compile(&sources, &crate::uprobe::KernelSymbolResolver, options);
+    let unknown_marker = |diagnostic: &Diagnostic| {
+        diagnostic.code == lang::diagnostic::NO_MATCH
+            && diagnostic.message.starts_with("no marker matches")
+    };
     Checked {
-        failed: diagnostics.iter().any(Diagnostic::is_error),
-        rendered: render(sources, &diagnostics),
+        failed: diagnostics
+            .iter()
+            .any(|diagnostic| diagnostic.is_error() && !unknown_marker(diagnostic)),
+        rendered: render(&sources, &diagnostics),
         script,
     }
 }

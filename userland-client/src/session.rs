@@ -26,7 +26,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lang::compiled::{CompiledScript, HostAction, MapInfo, MapValue, RecordKind, ValueType};
+use lang::compiled::{CompiledScript, Field, HostAction, MapInfo, MapValue, RecordKind, ValueType};
 use lang::diagnostic::{Diagnostic, render};
 use lang::format::{
     MapEntry, MapEntryValue, format_map, format_record, format_value, split_map_page,
@@ -42,6 +42,8 @@ use serde_json::json;
 use crate::debuginfo::{BuildIdMismatch, Kernel};
 use crate::port::{OwnedEvent, Port, PortError, Reply, TimedRead, Unsolicited};
 use crate::resolve::DwarfResolver;
+use crate::stub_markers::WithMarkers;
+use crate::stub_symbols::StubSymbols;
 
 /// How output is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -70,6 +72,10 @@ pub struct SessionOptions {
     /// the running kernel's table (which is what the script compiles against) must
     /// equal it, or nothing is sent.
     pub image_markers: Option<Vec<Marker>>,
+    /// Adds the built-in tapsets of the kernel the handshake names
+    /// (`lang::tapset::Builtin::for_kernel`) before compiling: for sources loaded
+    /// without them ([`crate::script::load_for_target`]).
+    pub target_tapsets: bool,
 }
 
 impl Default for SessionOptions {
@@ -81,6 +87,7 @@ impl Default for SessionOptions {
             poll_interval: Duration::from_millis(20),
             client_name: format!("probeport {}", env!("CARGO_PKG_VERSION")),
             image_markers: None,
+            target_tapsets: false,
         }
     }
 }
@@ -320,6 +327,8 @@ struct Session<'a, 'w, S> {
     marker_sites: std::rc::Rc<Vec<(u64, String)>>,
     /// Whether the stub takes `Jump` requests.
     jumps: bool,
+    /// Kernel addresses the stub names, without the kernel's image.
+    stub_symbols: Option<StubSymbols>,
 }
 
 /// How the running kernel's marker table (`running`) differs from the image's, or
@@ -353,9 +362,17 @@ fn marker_difference(image: &[Marker], running: &[Marker]) -> Option<String> {
 
 /// `function+0xoff` for code, `marker NAME` for a marker's site (what `probefunc`
 /// holds at a marker).
-fn symbolize(kernel: Option<&Kernel>, markers: &[(u64, String)], address: u64) -> Option<String> {
+fn symbolize(
+    kernel: Option<&Kernel>,
+    markers: &[(u64, String)],
+    stub: Option<&StubSymbols>,
+    address: u64,
+) -> Option<String> {
     if let Some((_, name)) = markers.iter().find(|(site, _)| *site == address) {
         return Some(format!("marker {name}"));
+    }
+    if kernel.is_none() {
+        return stub?.name(address);
     }
     kernel?
         .symbolize(address)
@@ -409,6 +426,7 @@ fn run_with<S: TimedRead>(
         summary: Summary::default(),
         marker_sites: std::rc::Rc::default(),
         jumps: false,
+        stub_symbols: None,
     };
     let result = session.run(sources, options, stop);
     // Whatever happened, end the session so the kernel restores its text at once.
@@ -433,7 +451,7 @@ impl<S: TimedRead> Session<'_, '_, S> {
         // Handshake and identity.
         let hello = self.port.hello(&options.client_name)?;
         self.last_request = Instant::now();
-        let (build_id, cpu_count, max_insns, lease_ms, map_memory, capabilities) =
+        let (build_id, cpu_count, max_insns, lease_ms, map_memory, capabilities, kernel_name) =
             match hello.ok()? {
                 ReplyBody::Hello(hello) => (
                     hello.kernel.build_id.to_vec(),
@@ -442,11 +460,28 @@ impl<S: TimedRead> Session<'_, '_, S> {
                     hello.lease_ms,
                     hello.limits.map_memory,
                     hello.capabilities,
+                    hello.kernel.name.to_string(),
                 ),
                 other => return Err(unexpected("Hello", &other)),
             };
+        // The tapsets of the kernel the stub names (Linux's or the demo kernel's).
+        let with_tapsets;
+        let sources = if options.target_tapsets {
+            let mut added = sources.clone();
+            lang::tapset::add_builtin_for(
+                &mut added,
+                lang::tapset::Builtin::for_kernel(&kernel_name),
+            );
+            with_tapsets = added;
+            &with_tapsets
+        } else {
+            sources
+        };
         self.cpu_count = cpu_count.max(1);
         self.jumps = capabilities.has(Capabilities::JUMP);
+        if self.kernel.is_none() && capabilities.has(Capabilities::SYMBOLIZE) {
+            self.stub_symbols = Some(StubSymbols::default());
+        }
         if let Some(kernel) = self.kernel
             && !build_id.is_empty()
         {
@@ -471,10 +506,20 @@ impl<S: TimedRead> Session<'_, '_, S> {
             // The stub names kernel functions itself (PROTOCOL.md §8.10).
             None if capabilities.has(Capabilities::KERNEL_SYMBOL) => compile(
                 sources,
-                &crate::uprobe::KernelSymbolResolver,
+                &WithMarkers {
+                    inner: crate::uprobe::KernelSymbolResolver,
+                    markers,
+                },
                 &compile_options,
             ),
-            None => compile(sources, &crate::uprobe::UserResolver, &compile_options),
+            None => compile(
+                sources,
+                &WithMarkers {
+                    inner: crate::uprobe::UserResolver,
+                    markers,
+                },
+                &compile_options,
+            ),
         };
         let warnings: Vec<Diagnostic> = diagnostics
             .iter()
@@ -801,9 +846,11 @@ impl<S: TimedRead> Session<'_, '_, S> {
         };
         match &record.kind {
             RecordKind::Printf(_) => {
+                self.name_addresses(&record.fields, &event.data)?;
                 let (kernel, sites) = (self.kernel, std::rc::Rc::clone(&self.marker_sites));
+                let stub = self.stub_symbols.as_ref();
                 let text = format_record(record, &event.data, &|address| {
-                    symbolize(kernel, &sites, address)
+                    symbolize(kernel, &sites, stub, address)
                 });
                 match self.output.format {
                     OutputFormat::Text => self.output.out.write_all(text.as_bytes())?,
@@ -826,6 +873,28 @@ impl<S: TimedRead> Session<'_, '_, S> {
             RecordKind::Exit => return Ok(true),
         }
         Ok(false)
+    }
+
+    /// Asks the stub to name the kernel addresses of `fields` in `bytes` it has not
+    /// named yet (sessions without the kernel's image, [`crate::stub_symbols`]).
+    fn name_addresses(&mut self, fields: &[Field], bytes: &[u8]) -> Result<(), SessionError> {
+        let Some(unknown) = self
+            .stub_symbols
+            .as_ref()
+            .map(|symbols| symbols.unknown(fields, bytes))
+        else {
+            return Ok(());
+        };
+        for address in unknown {
+            let name = match self.request(RequestBody::Symbolize { address })?.ok() {
+                Ok(ReplyBody::Symbol { name, offset, .. }) => Some(format!("{name}+{offset:#x}")),
+                _ => None,
+            };
+            if let Some(symbols) = &mut self.stub_symbols {
+                symbols.insert(address, name);
+            }
+        }
+        Ok(())
     }
 
     /// Reads every page of a map.
@@ -859,8 +928,12 @@ impl<S: TimedRead> Session<'_, '_, S> {
             return Err(SessionError::Protocol(format!("no map {}", map.0)));
         };
         let entries = self.read_map(info)?;
+        for entry in &entries {
+            self.name_addresses(&info.key, &entry.key)?;
+        }
         let (kernel, sites) = (self.kernel, std::rc::Rc::clone(&self.marker_sites));
-        let symbolizer = |address| symbolize(kernel, &sites, address);
+        let stub = self.stub_symbols.as_ref();
+        let symbolizer = |address| symbolize(kernel, &sites, stub, address);
         match self.output.format {
             OutputFormat::Text => self
                 .output

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! client ──port (Unix socket, serial line)──▶ server ──▶ session ──translate──▶ BPF program ──bpf()──▶ kernel
-//!                                             uprobe and kprobe PMUs ◀──perf_event_open──┘
+//!              uprobe, kprobe, tracepoint and cpu-clock events ◀──perf_event_open──┘
 //! client ◀── Event / Lost ◀── session::drain ◀── BPF ring buffer ◀── programs
 //! ```
 //!
@@ -16,6 +16,9 @@
 //! - [`translate`]: our verified handler programs into Linux BPF (pure, tested on
 //!   the host without privileges).
 //! - [`sys`]: `bpf()`, `perf_event_open()` and the ring buffer's pages.
+//! - [`kallsyms`]: kernel addresses named from `/proc/kallsyms` (`Symbolize`).
+//! - [`tracepoints`]: the kernel tracepoints published as the marker table, with
+//!   their fields from tracefs.
 //!
 //! # Invariants
 //!
@@ -25,8 +28,10 @@
 //! - Every kernel object is an owned descriptor of the session; nothing outlives
 //!   the client's session.
 
+pub mod kallsyms;
 pub mod serial;
 pub mod server;
 pub mod session;
 pub mod sys;
+pub mod tracepoints;
 pub mod translate;

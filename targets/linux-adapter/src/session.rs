@@ -28,16 +28,21 @@ use probe_port_protocol::isa::{Insn, STACK_SIZE, decode};
 use probe_port_protocol::maps::{AggregateKind, MapId, MapKind, MapShapes, MapSpec, MapSpecError};
 use probe_port_protocol::message::{
     Arch, ArmRequest, Capabilities, CpuStats, ErrorDetail, ErrorReply, Event, Hello, HelloReply,
-    KernelIdentity, Limits, LostEvents, MAX_DETAIL_TEXT, MAX_NAME, MapPage, PROTOCOL_VERSION,
-    ProbeId, ProbeStats, ReplyBody, Request, RequestBody, Site, StubMessage,
+    KernelIdentity, Limits, LostEvents, MAX_DETAIL_TEXT, MAX_NAME, MapPage, MarkerArg, MarkerInfo,
+    PROTOCOL_VERSION, ProbeId, ProbeStats, ReplyBody, Request, RequestBody, Site, StubMessage,
+    TimerScope,
 };
 use probe_port_protocol::verifier::{ProgramKind, VerifierConfig, verify_alloc};
 
+use crate::kallsyms::KernelSymbols;
 use crate::sys::{
-    self, BpfMap, BpfProgram, KprobePmu, ProbeEvent, RingBuffer, UprobePmu, map_type,
+    self, BpfMap, BpfProgram, KprobePmu, PROG_TYPE_KPROBE, PROG_TYPE_PERF_EVENT,
+    PROG_TYPE_TRACEPOINT, ProbeEvent, RingBuffer, UprobePmu, map_type,
 };
+use crate::tracepoints::{self, Tracepoint};
 use crate::translate::{
-    self, ENTRY_RECORD, Environment, LinuxMap, RECORD_HEADER, Role, counter, stat,
+    self, ENTRY_RECORD, Environment, Layout, LinuxMap, RECORD_HEADER, RecordField, Role, counter,
+    stat,
 };
 
 /// Most probes one session may arm (probe numbers are never reused in a session).
@@ -78,6 +83,15 @@ pub enum Outcome {
         entries: Vec<u8>,
         /// The next cursor.
         next_cursor: Option<u32>,
+    },
+    /// `Ok(Symbol)` with an owned name.
+    Symbol {
+        /// The address asked about.
+        address: u64,
+        /// The function's name.
+        name: String,
+        /// From the function's start.
+        offset: u64,
     },
     /// `Err` with an owned text detail or none.
     Error {
@@ -138,6 +152,15 @@ impl Outcome {
                 entries,
                 next_cursor: *next_cursor,
             })),
+            Outcome::Symbol {
+                address,
+                name,
+                offset,
+            } => Ok(ReplyBody::Symbol {
+                address: *address,
+                name,
+                offset: *offset,
+            }),
             Outcome::Error { code, detail, text } => Err(ErrorReply::with(
                 *code,
                 match text {
@@ -161,8 +184,8 @@ struct Probe {
     /// The site's perf events: the probe itself, then (return sites with an entry
     /// program) the entry probe.
     events: Vec<ProbeEvent>,
-    /// Kept open while the events use them.
-    _programs: Vec<BpfProgram>,
+    /// Kept open while the events use them; asked for the runs Linux skipped.
+    programs: Vec<BpfProgram>,
 }
 
 impl Probe {
@@ -195,6 +218,11 @@ pub struct Session {
     pmu: UprobePmu,
     /// The kprobe PMU, when the kernel has kprobes (`Site::KernelSymbol`).
     kprobes: Option<KprobePmu>,
+    /// The marker table: the tracepoints the daemon publishes.
+    markers: &'static [Tracepoint],
+    /// The kernel's text symbols, read from `/proc/kallsyms` at the first
+    /// `Symbolize` of the session.
+    symbols: Option<KernelSymbols>,
     cpus: usize,
     lease_ms: u32,
     ring_bytes: usize,
@@ -268,6 +296,8 @@ impl Session {
         Ok(Session {
             pmu,
             kprobes: KprobePmu::discover().ok(),
+            markers: tracepoints::table(),
+            symbols: None,
             cpus,
             lease_ms,
             ring_bytes,
@@ -350,13 +380,7 @@ impl Session {
             RequestBody::ClearMap { map } => self.clear_map(*map),
             RequestBody::ProbeStats { probe } => self.probe_stats(probe.0),
             RequestBody::CpuStats { cpu } => self.cpu_stats(*cpu),
-            RequestBody::DescribeMarker { index } => {
-                // Linux has no probeport marker table; USDT markers are user sites.
-                error(
-                    ErrorCode::UNKNOWN_MARKER,
-                    ErrorDetail::Value((*index).into()),
-                )
-            }
+            RequestBody::DescribeMarker { index } => self.describe_marker(*index),
             // Linux chooses how a kprobe is entered (ftrace, int3 or its own
             // optimised jump); there is nothing to ask for.
             RequestBody::Jump { .. } => {
@@ -366,6 +390,7 @@ impl Session {
                 error_text(ErrorCode::UNSUPPORTED, "kernel memory reads on Linux")
             }
             RequestBody::KeepAlive => Outcome::Body(ReplyBody::Done),
+            RequestBody::Symbolize { address } => self.symbolize(*address),
             RequestBody::Goodbye => {
                 self.teardown();
                 self.ended = true;
@@ -438,6 +463,14 @@ impl Session {
                 capabilities: Capabilities(
                     Capabilities::USER
                         | Capabilities::READ_USER
+                        | Capabilities::SYMBOLIZE
+                        | Capabilities::TIMER
+                        | Capabilities::PROFILE
+                        | if self.markers.is_empty() {
+                            0
+                        } else {
+                            Capabilities::MARKER
+                        }
                         | if self.kprobes.is_some() {
                             Capabilities::KERNEL_SYMBOL
                         } else {
@@ -519,8 +552,21 @@ impl Session {
         }
     }
 
-    /// Our verifier, then the translator, then the kernel's verifier.
+    /// Our verifier, then the translator, then the kernel's verifier: a kprobe-type
+    /// program on `pt_regs` (uprobes, kprobes).
     fn load(&self, bytes: &[u8], role: Role, probe: u32) -> Result<BpfProgram, Box<Outcome>> {
+        self.load_as(bytes, role, probe, Layout::Registers, PROG_TYPE_KPROBE)
+    }
+
+    /// [`Session::load`] for a context `layout` and a BPF program type.
+    fn load_as(
+        &self,
+        bytes: &[u8],
+        role: Role,
+        probe: u32,
+        layout: Layout<'_>,
+        program_type: u32,
+    ) -> Result<BpfProgram, Box<Outcome>> {
         let Ok(program) = decode(bytes) else {
             return Err(Box::new(error(ErrorCode::MALFORMED, ErrorDetail::None)));
         };
@@ -558,6 +604,7 @@ impl Session {
                 (entries.raw_fd(), zero.raw_fd())
             });
         let environment = Environment {
+            layout,
             probe,
             maps: &lookup,
             ring_fd: shared.ring.raw_fd(),
@@ -571,7 +618,7 @@ impl Session {
             translate::translate(&program, verified.stack_depth(), &environment)
                 .map_err(|refused| Box::new(error_text(refused.code, &refused.to_string())))?;
         let name = format!("probeport_{probe}{}", if is_entry { "e" } else { "" });
-        BpfProgram::load(&linux_program, &name).map_err(|refused| {
+        BpfProgram::load_typed(&linux_program, &name, program_type).map_err(|refused| {
             eprintln!(
                 "probeport-linuxd: the kernel refused probe {probe}'s program ({}):\n{}",
                 refused.error, refused.log
@@ -597,6 +644,12 @@ impl Session {
         {
             return self.arm_kernel(symbol, offset, is_return, entry_program, arm.program);
         }
+        if let Site::Timer { period_ns, scope } = arm.site {
+            return self.arm_timer(period_ns, scope, arm.program);
+        }
+        if let Site::Marker { index } = arm.site {
+            return self.arm_marker(index, arm.program);
+        }
         let Site::User {
             path,
             file_offset,
@@ -607,7 +660,7 @@ impl Session {
         else {
             return error_text(
                 ErrorCode::UNSUPPORTED,
-                "only user-space sites and kernel symbols on Linux",
+                "kernel sites by address on Linux (name them by symbol)",
             );
         };
         if self.next_probe > MAX_PROBES {
@@ -662,10 +715,7 @@ impl Session {
             events.push(event);
             programs.push(program);
         }
-        let armed = Probe {
-            events,
-            _programs: programs,
-        };
+        let armed = Probe { events, programs };
         if self.started
             && let Err(cause) = armed.set_enabled(true)
         {
@@ -749,10 +799,166 @@ impl Session {
             events.push(event);
             programs.push(program);
         }
-        let armed = Probe {
-            events,
-            _programs: programs,
+        let armed = Probe { events, programs };
+        if self.started
+            && let Err(cause) = armed.set_enabled(true)
+        {
+            return error_text(ErrorCode::UNSUPPORTED, &format!("enable: {cause}"));
+        }
+        self.next_probe += 1;
+        self.probes.insert(probe, armed);
+        Outcome::Body(ReplyBody::Armed {
+            probe: ProbeId(probe),
+        })
+    }
+
+    /// `Symbolize`: the text symbol of `/proc/kallsyms` containing `address`.
+    fn symbolize(&mut self, address: u64) -> Outcome {
+        if self.symbols.is_none() {
+            match KernelSymbols::read() {
+                Ok(symbols) => self.symbols = Some(symbols),
+                Err(cause) => {
+                    return error_text(ErrorCode::UNSUPPORTED, &format!("kallsyms: {cause}"));
+                }
+            }
+        }
+        let found = self
+            .symbols
+            .as_ref()
+            .and_then(|symbols| symbols.containing(address));
+        match found {
+            Some((name, offset)) => {
+                let mut end = name.len().min(MAX_NAME);
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                Outcome::Symbol {
+                    address,
+                    name: name[..end].to_string(),
+                    offset,
+                }
+            }
+            None => error_text(ErrorCode::INVALID_ARGUMENT, "address"),
+        }
+    }
+
+    /// `DescribeMarker`: the published tracepoints (PROTOCOL.md §8.4), at address 0.
+    fn describe_marker(&self, index: u32) -> Outcome {
+        let Some(tracepoint) = self.markers.get(index as usize) else {
+            return error(ErrorCode::UNKNOWN_MARKER, ErrorDetail::Value(index.into()));
         };
+        let mut info = MarkerInfo {
+            index,
+            total: self.markers.len() as u32,
+            name: tracepoint.name.as_str(),
+            address: 0,
+            args: Default::default(),
+        };
+        for field in &tracepoint.fields {
+            // The table holds at most `MAX_MARKER_ARGS` fields.
+            let _ = info.args.push(MarkerArg {
+                name: field.name.as_str(),
+                ty: field.ty,
+            });
+        }
+        Outcome::Body(ReplyBody::Marker(info))
+    }
+
+    /// A marker: a tracepoint perf event with a tracepoint program, whose context
+    /// slots are the record's fields.
+    fn arm_marker(&mut self, index: u32, program: &[u8]) -> Outcome {
+        let Some(tracepoint) = self.markers.get(index as usize) else {
+            return error(ErrorCode::UNKNOWN_MARKER, ErrorDetail::Value(index.into()));
+        };
+        if self.next_probe > MAX_PROBES {
+            return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
+        }
+        let probe = self.next_probe;
+        let fields: Vec<RecordField> = tracepoint
+            .fields
+            .iter()
+            .map(|field| RecordField {
+                offset: field.offset as i16,
+                size: field.size,
+            })
+            .collect();
+        let loaded = match self.load_as(
+            program,
+            Role::Probe { at_return: false },
+            probe,
+            Layout::Record(&fields),
+            PROG_TYPE_TRACEPOINT,
+        ) {
+            Ok(loaded) => loaded,
+            Err(outcome) => return *outcome,
+        };
+        let event = match ProbeEvent::open_tracepoint(tracepoint.id) {
+            Ok(event) => event,
+            Err(cause) => {
+                return error_text(
+                    ErrorCode::UNSUPPORTED,
+                    &format!("tracepoint {}: {cause}", tracepoint.name),
+                );
+            }
+        };
+        if let Err(cause) = event.attach(&loaded) {
+            return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+        }
+        self.add_probe(probe, vec![event], vec![loaded])
+    }
+
+    /// A timer: a `cpu-clock` perf event with a perf-event program on CPU 0
+    /// (`OneCpu`) or on every online CPU (`EachCpu`), as the demo stub's timers
+    /// fire; the context holds the interrupted registers.
+    fn arm_timer(&mut self, period_ns: u64, scope: TimerScope, program: &[u8]) -> Outcome {
+        if self.next_probe > MAX_PROBES {
+            return error(ErrorCode::NO_SPACE, ErrorDetail::Value(MAX_PROBES.into()));
+        }
+        let probe = self.next_probe;
+        let cpus = match scope {
+            TimerScope::OneCpu => vec![0],
+            _ => match sys::online_cpus() {
+                Ok(cpus) => cpus,
+                Err(cause) => return error_text(ErrorCode::UNSUPPORTED, &format!("cpus: {cause}")),
+            },
+        };
+        let loaded = match self.load_as(
+            program,
+            Role::Probe { at_return: false },
+            probe,
+            Layout::Registers,
+            PROG_TYPE_PERF_EVENT,
+        ) {
+            Ok(loaded) => loaded,
+            Err(outcome) => return *outcome,
+        };
+        let mut events = Vec::new();
+        for cpu in cpus {
+            let event = match ProbeEvent::open_cpu_clock(cpu, period_ns) {
+                Ok(event) => event,
+                Err(cause) => {
+                    return error_text(
+                        ErrorCode::UNSUPPORTED,
+                        &format!("cpu-clock on CPU {cpu}: {cause}"),
+                    );
+                }
+            };
+            if let Err(cause) = event.attach(&loaded) {
+                return error_text(ErrorCode::UNSUPPORTED, &format!("attach: {cause}"));
+            }
+            events.push(event);
+        }
+        self.add_probe(probe, events, vec![loaded])
+    }
+
+    /// Records an armed probe, live at once when the session has started.
+    fn add_probe(
+        &mut self,
+        probe: u32,
+        events: Vec<ProbeEvent>,
+        programs: Vec<BpfProgram>,
+    ) -> Outcome {
+        let armed = Probe { events, programs };
         if self.started
             && let Err(cause) = armed.set_enabled(true)
         {
@@ -844,10 +1050,20 @@ impl Session {
         };
         let per_cpu = self.per_cpu_words(&shared.stats, &probe.to_ne_bytes(), stat::WORDS);
         let total = |word: usize| per_cpu.iter().map(|words| words[word]).sum::<u64>();
+        // Linux skips a program whose CPU is already running one (or is inside a
+        // bpf() map operation of user space): the kernel counts those runs as the
+        // program's recursion misses, and they are misses here too.
+        let skipped: u64 = self.probes.get(&probe).map_or(0, |armed| {
+            armed
+                .programs
+                .iter()
+                .map(|program| program.recursion_misses().unwrap_or(0))
+                .sum()
+        });
         Outcome::Body(ReplyBody::ProbeStats(ProbeStats {
             probe: ProbeId(probe),
             hits: total(stat::HITS),
-            misses: total(stat::MISSES),
+            misses: total(stat::MISSES) + skipped,
             faults: total(stat::FAULTS),
             // Each CPU keeps its own last one; any CPU's is "the last" of some CPU.
             last_fault_address: per_cpu

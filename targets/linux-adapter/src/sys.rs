@@ -46,6 +46,13 @@ pub mod map_type {
 
 /// `BPF_PROG_TYPE_KPROBE`: the program type of kprobe and uprobe handlers.
 pub const PROG_TYPE_KPROBE: u32 = 2;
+/// `BPF_PROG_TYPE_TRACEPOINT`: handlers of tracepoints (the context is the
+/// event's record, laid out as its tracefs `format` file says).
+pub const PROG_TYPE_TRACEPOINT: u32 = 5;
+/// `BPF_PROG_TYPE_PERF_EVENT`: handlers of perf events such as `cpu-clock` (the
+/// context is `struct bpf_perf_event_data`, whose first member is the
+/// interrupted context's `pt_regs`).
+pub const PROG_TYPE_PERF_EVENT: u32 = 7;
 
 /// Size of the `bpf_attr` buffer passed; the kernel wants the unused tail zero.
 const ATTR_SIZE: usize = 128;
@@ -223,9 +230,19 @@ impl BpfProgram {
     /// `BPF_PROG_LOAD` of a kprobe-type program; on failure, loads again with the
     /// verifier's log enabled and returns it.
     pub fn load(insns: &[Insn], name: &str) -> Result<BpfProgram, LoadError> {
-        match Self::load_with_log(insns, name, 0) {
+        Self::load_typed(insns, name, PROG_TYPE_KPROBE)
+    }
+
+    /// [`BpfProgram::load`] of a program of type `program_type`
+    /// ([`PROG_TYPE_KPROBE`], [`PROG_TYPE_TRACEPOINT`], [`PROG_TYPE_PERF_EVENT`]).
+    pub fn load_typed(
+        insns: &[Insn],
+        name: &str,
+        program_type: u32,
+    ) -> Result<BpfProgram, LoadError> {
+        match Self::load_with_log(insns, name, 0, program_type) {
             Ok(program) => Ok(program),
-            Err(first) => match Self::load_with_log(insns, name, 1) {
+            Err(first) => match Self::load_with_log(insns, name, 1, program_type) {
                 Ok(program) => Ok(program),
                 Err(with_log) if !with_log.log.is_empty() => Err(with_log),
                 Err(_) => Err(first),
@@ -233,12 +250,17 @@ impl BpfProgram {
         }
     }
 
-    fn load_with_log(insns: &[Insn], name: &str, log_level: u32) -> Result<BpfProgram, LoadError> {
+    fn load_with_log(
+        insns: &[Insn],
+        name: &str,
+        log_level: u32,
+        program_type: u32,
+    ) -> Result<BpfProgram, LoadError> {
         let bytes: Vec<u8> = insns.iter().flat_map(|insn| insn.to_bytes()).collect();
         let license = c"Dual MIT/GPL";
         let mut log = vec![0u8; if log_level > 0 { 1 << 20 } else { 0 }];
         let mut attr = [0u8; ATTR_SIZE];
-        put_u32(&mut attr, 0, PROG_TYPE_KPROBE);
+        put_u32(&mut attr, 0, program_type);
         put_u32(&mut attr, 4, insns.len() as u32);
         put_u64(&mut attr, 8, bytes.as_ptr() as u64);
         put_u64(&mut attr, 16, license.as_ptr() as u64);
@@ -269,6 +291,19 @@ impl BpfProgram {
     /// The descriptor.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// How many times Linux skipped the program because its CPU was already
+    /// running a BPF program or was inside a `bpf()` map operation (the
+    /// `recursion_misses` line of the descriptor's `fdinfo`; 0 on kernels that do
+    /// not report it).
+    pub fn recursion_misses(&self) -> io::Result<u64> {
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.raw_fd()))?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("recursion_misses:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0))
     }
 }
 
@@ -390,11 +425,33 @@ pub struct ProbeEvent {
 
 /// Opens a disabled system-wide probe event (pid -1, CPU 0) of PMU type `kind`.
 fn open_probe_event(kind: u32, config: u64, config1: u64, config2: u64) -> io::Result<OwnedFd> {
+    open_event(kind, config, config1, config2, 1, 0)
+}
+
+/// `perf_event_attr.type` of the fixed PMUs (`enum perf_type_id`).
+mod perf_type {
+    pub(super) const SOFTWARE: u32 = 1;
+    pub(super) const TRACEPOINT: u32 = 2;
+}
+
+/// `PERF_COUNT_SW_CPU_CLOCK`: the software event driven by a per-CPU hrtimer.
+const SW_CPU_CLOCK: u64 = 0;
+
+/// Opens a disabled event of every process (pid -1) on `cpu`, of PMU type `kind`,
+/// sampling every `sample_period` counts.
+fn open_event(
+    kind: u32,
+    config: u64,
+    config1: u64,
+    config2: u64,
+    sample_period: u64,
+    cpu: i32,
+) -> io::Result<OwnedFd> {
     let mut attr = [0u8; PERF_ATTR_SIZE];
     put_u32(&mut attr, 0, kind);
     put_u32(&mut attr, 4, PERF_ATTR_SIZE as u32);
     put_u64(&mut attr, 8, config);
-    put_u64(&mut attr, 16, 1); // sample_period
+    put_u64(&mut attr, 16, sample_period);
     put_u64(&mut attr, 40, 1); // flags: disabled
     put_u64(&mut attr, 56, config1);
     put_u64(&mut attr, 64, config2);
@@ -406,7 +463,7 @@ fn open_probe_event(kind: u32, config: u64, config1: u64, config2: u64) -> io::R
             libc::SYS_perf_event_open,
             attr.as_ptr(),
             -1 as libc::pid_t,
-            0 as libc::c_int,
+            cpu as libc::c_int,
             -1 as libc::c_int,
             PERF_FLAG_FD_CLOEXEC,
         )
@@ -418,6 +475,31 @@ fn open_probe_event(kind: u32, config: u64, config1: u64, config2: u64) -> io::R
 }
 
 impl ProbeEvent {
+    /// Opens a disabled tracepoint event of every process (pid -1, CPU 0) for the
+    /// tracepoint whose tracefs `id` is `id`. An attached program runs wherever
+    /// the tracepoint fires, on every CPU, as for kprobes.
+    pub fn open_tracepoint(id: u64) -> io::Result<ProbeEvent> {
+        let fd = open_event(perf_type::TRACEPOINT, id, 0, 0, 1, 0)?;
+        Ok(ProbeEvent { fd })
+    }
+
+    /// Opens a disabled `cpu-clock` software event on `cpu` for every process,
+    /// overflowing every `period_ns` nanoseconds of that CPU's clock (an hrtimer
+    /// that fires whether the CPU is busy or idle); an attached perf-event
+    /// program runs at each overflow with the interrupted registers.
+    pub fn open_cpu_clock(cpu: usize, period_ns: u64) -> io::Result<ProbeEvent> {
+        let cpu = i32::try_from(cpu).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = open_event(
+            perf_type::SOFTWARE,
+            SW_CPU_CLOCK,
+            0,
+            0,
+            period_ns.max(1),
+            cpu,
+        )?;
+        Ok(ProbeEvent { fd })
+    }
+
     /// Opens a disabled system-wide kprobe (kretprobe with `is_return`) at
     /// `symbol + offset`: `config1` points to the symbol (`kprobe_func`),
     /// `config2` is the offset (`probe_offset`); the kernel resolves the name.
@@ -603,6 +685,30 @@ impl Drop for RingBuffer {
             libc::munmap(self.producer.cast(), self.page + 2 * self.size);
         }
     }
+}
+
+/// The online CPUs (`/sys/devices/system/cpu/online`), where per-CPU events can
+/// be opened.
+pub fn online_cpus() -> io::Result<Vec<usize>> {
+    cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online")?)
+}
+
+/// The CPUs of a sysfs CPU list (`0-3,5`).
+fn cpu_list(text: &str) -> io::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for range in text.trim().split(',').filter(|range| !range.is_empty()) {
+        let mut bounds = range.split('-');
+        let first: usize = bounds
+            .next()
+            .and_then(|first| first.parse().ok())
+            .ok_or_else(|| io::Error::other("bad cpu list"))?;
+        let last: usize = match bounds.next() {
+            Some(last) => last.parse().map_err(|_| io::Error::other("bad cpu list"))?,
+            None => first,
+        };
+        cpus.extend(first..=last);
+    }
+    Ok(cpus)
 }
 
 /// Number of possible CPUs (`/sys/devices/system/cpu/possible`), the number of

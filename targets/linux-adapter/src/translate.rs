@@ -215,8 +215,30 @@ pub struct LinuxMap {
     pub zero_fd: i32,
 }
 
+/// What the Linux program's context (`r1` at entry) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout<'a> {
+    /// `struct pt_regs` at offset 0: kprobes, uprobes, and perf events
+    /// (`struct bpf_perf_event_data` starts with the interrupted registers).
+    Registers,
+    /// A tracepoint's record: our context slot `n` is the `n`th field.
+    Record(&'a [RecordField]),
+}
+
+/// One field of a tracepoint record, read for one context slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordField {
+    /// Byte offset in the record.
+    pub offset: i16,
+    /// Size in bytes: 1, 2, 4 or 8 (zero-extended to the slot's 64 bits; the
+    /// compiler narrows marker arguments to their type, sign included).
+    pub size: u8,
+}
+
 /// Everything a translation needs besides the program.
 pub struct Environment<'a> {
+    /// What the context is.
+    pub layout: Layout<'a>,
     /// The probe's number (the context's probe slot, the records' probe field).
     pub probe: u32,
     /// The maps of the session.
@@ -838,6 +860,9 @@ impl Translator<'_, '_> {
         let within = (offset % 8) as i16;
         let role = self.environment.role;
         let at_return = matches!(role, Role::Return | Role::Probe { at_return: true });
+        if let Layout::Record(fields) = self.environment.layout {
+            return self.record_load(index, insn, slot_number, within, size, fields);
+        }
         let register_field = match slot_number {
             n if n < slot::REGISTER_SLOTS => Some(PT_REGS_OFFSET[n]),
             slot::PC => Some(PT_REGS_IP),
@@ -896,6 +921,48 @@ impl Translator<'_, '_> {
                 0,
             ));
         }
+        Ok(())
+    }
+
+    /// A context load at a tracepoint: an argument slot is its record field; the
+    /// probe slot is the probe's number; every other slot is 0 (a marker site has
+    /// no registers, and the adapter publishes its markers at address 0).
+    fn record_load(
+        &mut self,
+        index: usize,
+        insn: Insn,
+        slot_number: usize,
+        within: i16,
+        size: usize,
+        fields: &[RecordField],
+    ) -> Result<(), TranslateError> {
+        let dst = insn.dst();
+        if slot_number < slot::REGISTER_SLOTS
+            && let Some(field) = fields.get(slot_number)
+        {
+            if size != 8 || within != 0 {
+                return Err(refuse(
+                    index,
+                    "a marker argument read other than as its whole 8-byte slot",
+                ));
+            }
+            let size_bits = match field.size {
+                1 => op::SIZE_B,
+                2 => op::SIZE_H,
+                4 => op::SIZE_W,
+                _ => op::SIZE_DW,
+            };
+            self.out.load(size_bits, dst, insn.src(), field.offset);
+            return Ok(());
+        }
+        let value = if slot_number == slot::PROBE && size == 8 && within == 0 {
+            u64::from(self.environment.probe)
+        } else if slot_number == slot::PROBE {
+            return Err(refuse(index, "the probe slot read other than as 8 bytes"));
+        } else {
+            0
+        };
+        self.out.lddw(dst, 0, value);
         Ok(())
     }
 
@@ -1058,6 +1125,12 @@ impl Translator<'_, '_> {
     fn task_name(&mut self, size: usize) {
         let out = &mut self.out;
         out.store_reg(op::SIZE_DW, FP, SPILL_A, R1);
+        // Some kernels (Debian's 6.1) copy the name with `strscpy`, which leaves the
+        // bytes after its NUL as they were: zero them first, so the name is
+        // NUL-padded as our helper promises (and equal names make equal map keys).
+        for word in 0..COMM_SIZE.div_ceil(8) {
+            out.store_imm(op::SIZE_DW, FP, COMM + 8 * word as i16, 0);
+        }
         out.mov_reg(R1, FP);
         out.alu_imm(op::ADD, R1, i32::from(COMM));
         out.mov_imm(R2, COMM_SIZE as i32);
@@ -1362,6 +1435,7 @@ mod tests {
 
     fn environment(maps: &dyn Fn(MapId) -> Option<LinuxMap>) -> Environment<'_> {
         Environment {
+            layout: Layout::Registers,
             probe: 9,
             maps,
             ring_fd: RING,
@@ -1549,6 +1623,7 @@ mod tests {
             assemble("ldxdw r2, [r1+200]\nldxdw r3, [r1+152]\nmov64 r0, 0\nexit").unwrap();
         let maps = no_maps;
         let return_environment = Environment {
+            layout: Layout::Registers,
             role: Role::Return,
             entries_fd: 300,
             entry_zero_fd: 301,
@@ -1572,6 +1647,7 @@ mod tests {
         let error = translate(&program, 0, &environment(&maps)).unwrap_err();
         assert!(error.reason.contains("entry values"), "{error}");
         let at_return = Environment {
+            layout: Layout::Registers,
             role: Role::Probe { at_return: true },
             ..environment(&maps)
         };

@@ -127,6 +127,7 @@ fn compiled_programs_translate_and_the_kernel_accepts_them() {
             }
             for (program, kind, role) in programs {
                 let environment = Environment {
+                    layout: linux_adapter::translate::Layout::Registers,
                     probe: number as u32 + 1,
                     maps: &lookup,
                     ring_fd: ring.raw_fd(),

@@ -2,7 +2,7 @@
 //! Linux.
 //!
 //! Usage: `probeport-linuxd (SOCKET | --serial DEVICE) [--lease-ms N] [--ring-bytes N]
-//! [--socket-mode OCTAL]`. The socket is root-only (0600) unless `--socket-mode`
+//! [--socket-mode OCTAL] [--tracepoints SUBSYSTEM:EVENT,...]`. The socket is root-only (0600) unless `--socket-mode`
 //! says otherwise; peers are checked for uid 0, `CAP_PERFMON` or `CAP_SYS_ADMIN` in
 //! any case. A serial line is put in raw 8N1 mode; whoever can open it holds the
 //! port.
@@ -37,6 +37,16 @@ fn run() -> anyhow::Result<()> {
                 let value = args.next().context("--socket-mode needs a value")?;
                 config.socket_mode = u32::from_str_radix(&value, 8).context("--socket-mode")?;
             }
+            "--tracepoints" => {
+                let value = args.next().context("--tracepoints needs a list")?;
+                linux_adapter::tracepoints::choose(
+                    value
+                        .split(',')
+                        .filter(|name| !name.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                );
+            }
             "--serial" => {
                 serial = Some(PathBuf::from(
                     args.next().context("--serial needs a device")?,
@@ -58,7 +68,7 @@ fn run() -> anyhow::Result<()> {
     }
     let socket = socket.context(
         "usage: probeport-linuxd (SOCKET | --serial DEVICE) [--lease-ms N] [--ring-bytes N] \
-         [--socket-mode OCTAL]",
+         [--socket-mode OCTAL] [--tracepoints SUBSYSTEM:EVENT,...]",
     )?;
     let listener = server::bind(&socket, &config)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;

@@ -2,6 +2,8 @@
 //! daemon started on a temporary socket, and a client on it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cli;
+
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

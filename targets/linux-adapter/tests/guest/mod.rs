@@ -64,6 +64,17 @@ pub fn workload() -> &'static Path {
 /// Writes an initramfs with busybox, `init`, the daemon at `/bin/probeport-linuxd`
 /// with its libraries, and the workload at `/bin/getppid_loop`; returns its path.
 pub fn initramfs(kernel: &DebianKernel, init: &str, directory: &Path) -> PathBuf {
+    initramfs_with(kernel, init, directory, &[])
+}
+
+/// [`initramfs`] with more copies of the workload, at `/bin/NAME` for each name
+/// of `workload_names` (a process's `comm` is its file name).
+pub fn initramfs_with(
+    kernel: &DebianKernel,
+    init: &str,
+    directory: &Path,
+    workload_names: &[&str],
+) -> PathBuf {
     let daemon = Path::new(env!("CARGO_BIN_EXE_probeport-linuxd"));
     let mut archive = kernel
         .initramfs(init)
@@ -73,6 +84,9 @@ pub fn initramfs(kernel: &DebianKernel, init: &str, directory: &Path) -> PathBuf
     };
     archive.file("bin/probeport-linuxd", &read(daemon), 0o755);
     archive.file("bin/getppid_loop", &read(workload()), 0o755);
+    for name in workload_names {
+        archive.file(&format!("bin/{name}"), &read(workload()), 0o755);
+    }
     let mut directories: Vec<String> = Vec::new();
     for library in shared_libraries(daemon) {
         let relative = library
