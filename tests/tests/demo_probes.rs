@@ -808,7 +808,10 @@ fn every_function_armed_at_once_refused_precisely_and_counted_exactly() {
     // those re-entered hits count on the CPU alone. (With compiled handlers the
     // whole hit path is in the stub's forbidden section, so there may be none.)
     eprintln!("misses {misses}, reentered {reentered}");
-    assert!(misses <= reentered, "misses {misses}, reentered {reentered}");
+    assert!(
+        misses <= reentered,
+        "misses {misses}, reentered {reentered}"
+    );
     assert!(stats.values().all(|stats| stats.faults == 0));
     let totals = expected_totals(ROUNDS);
     for (function, expected) in [
