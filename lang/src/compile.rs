@@ -295,6 +295,14 @@ impl<'a> Compiler<'a> {
             SiteKind::Return { function, .. } => {
                 self.resolver.variables(function, function.entry).ok()
             }
+            SiteKind::Symbol {
+                function: Some(function),
+                offset,
+                ..
+            } => self
+                .resolver
+                .variables(function, function.entry + offset)
+                .ok(),
             _ => None,
         }
     }
@@ -1129,12 +1137,20 @@ impl<'a> Compiler<'a> {
         } else {
             name.to_string()
         };
+        // A resolver with the kernel's types (BTF) knows the function's prototype:
+        // its parameters are then readable at the entry.
+        let function = self
+            .resolver
+            .functions(name)
+            .into_iter()
+            .find(|function| function.name == name);
         vec![Site {
             description,
             kind: SiteKind::Symbol {
                 symbol: name.to_string(),
                 offset,
                 is_return,
+                function,
             },
             span,
         }]

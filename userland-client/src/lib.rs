@@ -3,6 +3,9 @@
 //!
 //! # Code map
 //!
+//! - [`btf`]: the kernel's BTF read (from `/sys/kernel/btf/vmlinux`, a vmlinux or
+//!   a compressed `vmlinuz`) and a resolver for kernel functions named by symbol
+//!   that answers their parameters and every type from it.
 //! - [`debuginfo`]: the kernel's ELF/DWARF indexed (functions, variables and their
 //!   locations at an address, types, lines, symbols, the build-id check).
 //! - [`markers`]: the stub's static marker table read from the image (section
@@ -21,6 +24,7 @@
 //! - [`session`]: the session itself (handshake, build-id, markers, compile, maps,
 //!   arming, events, `end`, the loss and fault summary) and its text/JSON output.
 
+pub mod btf;
 pub mod debuginfo;
 pub mod markers;
 pub mod port;
