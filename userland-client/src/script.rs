@@ -91,6 +91,19 @@ pub fn check_user_space(sources: &Sources, options: &CompileOptions) -> Checked 
     }
 }
 
+/// Compiles `sources` with the kernel's BTF: user-space points as in
+/// [`check_user_space`], kernel functions by exact name with their parameters and
+/// every type from `btf` ([`crate::btf::resolver::BtfResolver`]).
+pub fn check_btf(btf: &crate::btf::Btf, sources: &Sources, options: &CompileOptions) -> Checked {
+    let resolver = crate::btf::resolver::BtfResolver::new(btf);
+    let (script, diagnostics) = compile(sources, &resolver, options);
+    Checked {
+        failed: diagnostics.iter().any(Diagnostic::is_error),
+        rendered: render(sources, &diagnostics),
+        script,
+    }
+}
+
 /// One line per probe and a total: what `probeport check` prints on success.
 pub fn summary(script: &CompiledScript) -> String {
     let mut text = String::new();

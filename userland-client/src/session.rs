@@ -70,6 +70,9 @@ pub struct SessionOptions {
     /// the running kernel's table (which is what the script compiles against) must
     /// equal it, or nothing is sent.
     pub image_markers: Option<Vec<Marker>>,
+    /// The BTF that types kernel functions named by symbol when there is no
+    /// debuginfo ([`crate::btf::source::KernelTypes`]); `None`: names only.
+    pub kernel_types: Option<crate::btf::source::KernelTypes>,
 }
 
 impl Default for SessionOptions {
@@ -81,6 +84,7 @@ impl Default for SessionOptions {
             poll_interval: Duration::from_millis(20),
             client_name: format!("probeport {}", env!("CARGO_PKG_VERSION")),
             image_markers: None,
+            kernel_types: None,
         }
     }
 }
@@ -97,6 +101,9 @@ pub enum SessionError {
     /// The debuginfo is not the running kernel's.
     #[error(transparent)]
     BuildId(#[from] BuildIdMismatch),
+    /// The BTF given is not the running kernel's, or cannot be read.
+    #[error(transparent)]
+    Btf(#[from] crate::btf::source::SourceError),
     /// The script did not compile; the diagnostics are rendered.
     #[error("the script has errors")]
     Compile {
@@ -468,12 +475,32 @@ impl<S: TimedRead> Session<'_, '_, S> {
                 &DwarfResolver::new(kernel, markers),
                 &compile_options,
             ),
-            // The stub names kernel functions itself (PROTOCOL.md §8.10).
-            None if capabilities.has(Capabilities::KERNEL_SYMBOL) => compile(
-                sources,
-                &crate::uprobe::KernelSymbolResolver,
-                &compile_options,
-            ),
+            // The stub names kernel functions itself (PROTOCOL.md §8.10), typed
+            // from BTF when there is one for this kernel.
+            None if capabilities.has(Capabilities::KERNEL_SYMBOL) => {
+                let selected = match &options.kernel_types {
+                    Some(types) => types.select(&build_id)?,
+                    None => crate::btf::source::Selected {
+                        btf: None,
+                        warning: None,
+                    },
+                };
+                if let Some(warning) = &selected.warning {
+                    writeln!(self.output.err, "warning: {warning}")?;
+                }
+                match &selected.btf {
+                    Some(btf) => compile(
+                        sources,
+                        &crate::btf::resolver::BtfResolver::new(&btf.btf),
+                        &compile_options,
+                    ),
+                    None => compile(
+                        sources,
+                        &crate::uprobe::KernelSymbolResolver,
+                        &compile_options,
+                    ),
+                }
+            }
             None => compile(sources, &crate::uprobe::UserResolver, &compile_options),
         };
         let warnings: Vec<Diagnostic> = diagnostics

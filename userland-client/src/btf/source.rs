@@ -271,3 +271,83 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, String> {
     }
     Ok(out)
 }
+
+/// Which BTF a session without the kernel's DWARF types kernel functions with
+/// (named by symbol, PROTOCOL.md §8.10), chosen on the command line.
+#[derive(Clone, Debug)]
+pub enum KernelTypes {
+    /// This machine's `/sys/kernel/btf/vmlinux` (a Unix socket to an adapter on
+    /// this machine), used only when the stub's build-id is this machine's kernel's
+    /// (its `/sys/kernel/notes`): otherwise functions are named without types, with
+    /// a warning, since the socket may lead to another kernel (a guest's port).
+    Running,
+    /// BTF the user gave (`--btf FILE`), refused when it carries a build-id that is
+    /// not the stub's.
+    File(std::sync::Arc<KernelBtf>),
+}
+
+/// What [`KernelTypes::select`] chose.
+#[derive(Debug)]
+pub struct Selected {
+    /// The BTF to compile with, if any.
+    pub btf: Option<std::sync::Arc<KernelBtf>>,
+    /// Why there is none, when the user might have expected some.
+    pub warning: Option<String>,
+}
+
+impl KernelTypes {
+    /// The BTF for the stub whose `Hello` announced `build_id` (module docs and the
+    /// variants: a mismatching file is an error; this machine's BTF for another
+    /// kernel is a warning and no types).
+    pub fn select(&self, build_id: &[u8]) -> Result<Selected, SourceError> {
+        match self {
+            KernelTypes::File(btf) => {
+                btf.check_build_id(build_id)?;
+                Ok(Selected {
+                    btf: Some(std::sync::Arc::clone(btf)),
+                    warning: None,
+                })
+            }
+            KernelTypes::Running => {
+                let without = |reason: String| Selected {
+                    btf: None,
+                    warning: Some(format!(
+                        "{reason}: kernel functions are named by symbol without their \
+                         parameters' types (give the kernel's BTF, vmlinux or vmlinuz with \
+                         --btf)"
+                    )),
+                };
+                let own = match running_build_id() {
+                    Ok(Some(own)) => own,
+                    Ok(None) => {
+                        return Ok(without(format!(
+                            "{RUNNING_NOTES} has no build-id to compare with the port's kernel"
+                        )));
+                    }
+                    Err(error) => return Ok(without(error.to_string())),
+                };
+                if build_id.is_empty() {
+                    return Ok(without(
+                        "the port's kernel announced no build-id, so this machine's BTF \
+                         cannot be checked against it"
+                            .to_string(),
+                    ));
+                }
+                if own != build_id {
+                    return Ok(without(format!(
+                        "the port's kernel (build-id {}) is not this machine's (build-id {})",
+                        crate::debuginfo::hex(build_id),
+                        crate::debuginfo::hex(&own)
+                    )));
+                }
+                match KernelBtf::running() {
+                    Ok(btf) => Ok(Selected {
+                        btf: Some(std::sync::Arc::new(btf)),
+                        warning: None,
+                    }),
+                    Err(error) => Ok(without(error.to_string())),
+                }
+            }
+        }
+    }
+}
