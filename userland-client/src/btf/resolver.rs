@@ -129,12 +129,12 @@ impl<'b> BtfResolver<'b> {
 
     fn member(&self, member: &BtfMember) -> Member {
         let mut bitfield = (member.bitfield_size != 0)
-            .then(|| ((member.bit_offset % 8) as u8, member.bitfield_size));
+            .then_some(((member.bit_offset % 8) as u8, member.bitfield_size));
         // Without `kind_flag`, a bitfield's width is its INT's.
         if bitfield.is_none()
             && let Some(BtfKind::Int { size, bits, .. }) =
                 self.btf.get(member.ty).map(|ty| &ty.kind)
-            && (u32::from(*bits) < size * 8 || member.bit_offset % 8 != 0)
+            && (u32::from(*bits) < size * 8 || !member.bit_offset.is_multiple_of(8))
         {
             bitfield = Some(((member.bit_offset % 8) as u8, *bits));
         }

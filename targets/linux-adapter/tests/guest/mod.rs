@@ -64,6 +64,16 @@ pub fn workload() -> &'static Path {
 /// Writes an initramfs with busybox, `init`, the daemon at `/bin/probeport-linuxd`
 /// with its libraries, and the workload at `/bin/getppid_loop`; returns its path.
 pub fn initramfs(kernel: &DebianKernel, init: &str, directory: &Path) -> PathBuf {
+    initramfs_with(kernel, init, directory, &[])
+}
+
+/// [`initramfs`] with more executables: each `(path in the guest, host file)`.
+pub fn initramfs_with(
+    kernel: &DebianKernel,
+    init: &str,
+    directory: &Path,
+    extra: &[(&str, &Path)],
+) -> PathBuf {
     let daemon = Path::new(env!("CARGO_BIN_EXE_probeport-linuxd"));
     let mut archive = kernel
         .initramfs(init)
@@ -73,6 +83,9 @@ pub fn initramfs(kernel: &DebianKernel, init: &str, directory: &Path) -> PathBuf
     };
     archive.file("bin/probeport-linuxd", &read(daemon), 0o755);
     archive.file("bin/getppid_loop", &read(workload()), 0o755);
+    for (path, file) in extra {
+        archive.file(path, &read(file), 0o755);
+    }
     let mut directories: Vec<String> = Vec::new();
     for library in shared_libraries(daemon) {
         let relative = library
@@ -99,6 +112,26 @@ pub fn initramfs(kernel: &DebianKernel, init: &str, directory: &Path) -> PathBuf
         .write(&path)
         .unwrap_or_else(|error| panic!("{error}"));
     path
+}
+
+/// `tests/fixtures/NAME.c` built with `gcc -static` (installed when missing) into
+/// `directory`; returns the executable's path.
+pub fn static_c_program(name: &str, directory: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
+    let output = directory.join(name);
+    crate::common::ensure_gcc();
+    let status = Command::new("gcc")
+        .args(["-O1", "-static", "-o"])
+        .arg(&output)
+        .arg(&source)
+        .status()
+        .expect("gcc runs");
+    assert!(
+        status.success(),
+        "gcc -static failed on {}",
+        source.display()
+    );
+    output
 }
 
 /// A fresh private directory.
