@@ -341,9 +341,16 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         (None, None, Some(port)) if port.starts_with("unix:") => Some(KernelTypes::Running),
         _ => None,
     };
-    if kernel.is_none() && !matches!(kernel_types, Some(KernelTypes::Running)) {
-        let checked = match &kernel_types {
-            Some(KernelTypes::File(btf)) => {
+    if kernel.is_none() {
+        // With this machine's BTF for a `unix:` port, checking against it is sound:
+        // if the port's kernel is another, the session has no types at all and
+        // fails wherever this check does.
+        let running = match &kernel_types {
+            Some(KernelTypes::Running) => KernelBtf::running().ok().map(Arc::new),
+            _ => None,
+        };
+        let checked = match (&kernel_types, &running) {
+            (Some(KernelTypes::File(btf)), _) | (_, Some(btf)) => {
                 script::check_btf(&btf.btf, &sources, &CompileOptions::default())
             }
             _ => script::check_user_space(&sources, &CompileOptions::default()),

@@ -384,3 +384,94 @@ fn this_machines_btf_types_only_this_machines_kernel() {
         "{requests:?}"
     );
 }
+
+/// Runs a command that must succeed; returns its standard output.
+fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{command:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn an_elf_files_btf_section_and_build_id_are_read() {
+    // An ELF with a GNU build-id (gcc) and the running kernel's BTF as its `.BTF`
+    // section (objcopy), as a vmlinux has it; readelf is the build-id's oracle.
+    ensure("/usr/bin/gcc", "gcc");
+    ensure("/usr/bin/objcopy", "binutils");
+    let directory = tempfile::tempdir().expect("a scratch directory");
+    let source = directory.path().join("empty.c");
+    std::fs::write(&source, "int main(void) { return 0; }\n").expect("writing");
+    let plain = directory.path().join("plain");
+    let with_btf = directory.path().join("with-btf");
+    run(Command::new("gcc")
+        .arg("-Wl,--build-id")
+        .arg("-o")
+        .arg(&plain)
+        .arg(&source));
+    run(Command::new("objcopy")
+        .arg(format!("--add-section=.BTF={}", source::RUNNING_BTF))
+        .arg("--set-section-flags=.BTF=alloc,readonly")
+        .arg(&plain)
+        .arg(&with_btf));
+    let notes = run(Command::new("readelf").arg("-n").arg(&with_btf));
+    let build_id = notes
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build-id in readelf's output:\n{notes}"))
+        .to_string();
+    let from_elf = KernelBtf::open(&with_btf).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        from_elf
+            .build_id
+            .as_deref()
+            .map(userland_client::debuginfo::hex),
+        Some(build_id)
+    );
+    assert_eq!(from_elf.btf.len(), running().btf.len());
+    let error = KernelBtf::open(&plain).unwrap_err().to_string();
+    assert!(error.contains("has no .BTF section"), "{error}");
+}
+
+#[test]
+fn probeport_check_takes_btf_instead_of_an_image() {
+    let check = |script: &str| {
+        Command::new(env!("CARGO_BIN_EXE_probeport"))
+            .args(["check", "--btf", source::RUNNING_BTF, "-e", script])
+            .output()
+            .expect("probeport runs")
+    };
+    let ok = check(r#"probe kernel.function("do_sys_openat2") { @m[$how->mode] = count(); }"#);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        "probe kernel.function(\"do_sys_openat2\"): 1 site\nok: 1 probes, 1 sites, 1 maps, 0 records\n"
+    );
+    let bad = check(r#"probe kernel.function("do_sys_openat2") { @m[$how->nope] = count(); }"#);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("`struct open_how` has no member `nope`"),
+        "{bad:?}"
+    );
+    let missing = Command::new(env!("CARGO_BIN_EXE_probeport"))
+        .args([
+            "check",
+            "--btf",
+            "/nonexistent",
+            "-e",
+            "probe begin { exit(); }",
+        ])
+        .output()
+        .expect("probeport runs");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("cannot read the kernel's BTF: cannot read /nonexistent"),
+        "{missing:?}"
+    );
+}
