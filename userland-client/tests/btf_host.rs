@@ -398,17 +398,15 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[test]
-fn an_elf_files_btf_section_and_build_id_are_read() {
-    // An ELF with a GNU build-id (gcc) and the running kernel's BTF as its `.BTF`
-    // section (objcopy), as a vmlinux has it; readelf is the build-id's oracle.
+/// A gcc-built ELF with a GNU build-id and the running kernel's BTF as its `.BTF`
+/// section (objcopy), as a vmlinux has it; and the same without the section.
+fn elf_with_btf(directory: &Path) -> (PathBuf, PathBuf) {
     ensure("/usr/bin/gcc", "gcc");
     ensure("/usr/bin/objcopy", "binutils");
-    let directory = tempfile::tempdir().expect("a scratch directory");
-    let source = directory.path().join("empty.c");
+    let source = directory.join("empty.c");
     std::fs::write(&source, "int main(void) { return 0; }\n").expect("writing");
-    let plain = directory.path().join("plain");
-    let with_btf = directory.path().join("with-btf");
+    let plain = directory.join("plain");
+    let with_btf = directory.join("with-btf");
     run(Command::new("gcc")
         .arg("-Wl,--build-id")
         .arg("-o")
@@ -419,6 +417,14 @@ fn an_elf_files_btf_section_and_build_id_are_read() {
         .arg("--set-section-flags=.BTF=alloc,readonly")
         .arg(&plain)
         .arg(&with_btf));
+    (plain, with_btf)
+}
+
+#[test]
+fn an_elf_files_btf_section_and_build_id_are_read() {
+    // readelf is the build-id's oracle.
+    let directory = tempfile::tempdir().expect("a scratch directory");
+    let (plain, with_btf) = elf_with_btf(directory.path());
     let notes = run(Command::new("readelf").arg("-n").arg(&with_btf));
     let build_id = notes
         .lines()
@@ -474,4 +480,47 @@ fn probeport_check_takes_btf_instead_of_an_image() {
             .contains("cannot read the kernel's BTF: cannot read /nonexistent"),
         "{missing:?}"
     );
+}
+
+/// A bzImage as the x86 boot protocol lays it out (setup header at 0x1f1, `HdrS`
+/// at 0x202, version 2.15, `payload_offset`/`payload_length` at 0x248), with
+/// `payload` after 4 + 1 setup sectors.
+fn bzimage(payload: &[u8]) -> Vec<u8> {
+    let setup_sects = 4u8;
+    let start = (usize::from(setup_sects) + 1) * 512;
+    let offset = 0x100usize;
+    let mut image = vec![0u8; start + offset];
+    image[0x1f1] = setup_sects;
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x248..0x24c].copy_from_slice(&(offset as u32).to_le_bytes());
+    image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    image.extend_from_slice(payload);
+    image
+}
+
+#[test]
+fn a_bzimages_compressed_vmlinux_is_found_and_read() {
+    // gzip here (the xz with x86 BCJ of Debian's kernels is read in
+    // targets/linux-adapter/tests/guest_btf.rs from the real vmlinuz).
+    use std::io::Write as _;
+    let directory = tempfile::tempdir().expect("a scratch directory");
+    let (_, with_btf) = elf_with_btf(directory.path());
+    let elf = std::fs::read(&with_btf).expect("reading the ELF");
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(&elf).expect("compressing");
+    let mut payload = gzip.finish().expect("compressing");
+    // The kernel's build appends the uncompressed size.
+    payload.extend_from_slice(&(elf.len() as u32).to_le_bytes());
+    let image = directory.path().join("vmlinuz");
+    std::fs::write(&image, bzimage(&payload)).expect("writing");
+    let from_image = KernelBtf::open(&image).unwrap_or_else(|error| panic!("{error}"));
+    let from_elf = KernelBtf::open(&with_btf).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(from_image.build_id, from_elf.build_id);
+    assert!(from_image.build_id.is_some());
+    assert_eq!(from_image.btf.len(), from_elf.btf.len());
+    // Compressors the client does not read are named.
+    std::fs::write(&image, bzimage(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0])).expect("writing");
+    let error = KernelBtf::open(&image).unwrap_err().to_string();
+    assert!(error.contains("compressed with zstd"), "{error}");
 }
