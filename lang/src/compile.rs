@@ -311,6 +311,14 @@ impl<'a> Compiler<'a> {
             SiteKind::Return { function, .. } => {
                 self.resolver.variables(function, function.entry).ok()
             }
+            SiteKind::Symbol {
+                function: Some(function),
+                offset,
+                ..
+            } => self
+                .resolver
+                .variables(function, function.entry + offset)
+                .ok(),
             _ => None,
         }
     }
@@ -1145,12 +1153,20 @@ impl<'a> Compiler<'a> {
         } else {
             name.to_string()
         };
+        // A resolver with the kernel's types (BTF) knows the function's prototype:
+        // its parameters are then readable at the entry.
+        let function = self
+            .resolver
+            .functions(name)
+            .into_iter()
+            .find(|function| function.name == name);
         vec![Site {
             description,
             kind: SiteKind::Symbol {
                 symbol: name.to_string(),
                 offset,
                 is_return,
+                function,
             },
             span,
         }]

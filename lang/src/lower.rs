@@ -75,12 +75,15 @@ pub(crate) enum SiteKind {
         ref_ctr_offset: u64,
         args: Vec<crate::resolver::UserArg>,
     },
-    /// A kernel function named for the stub to resolve (PROTOCOL.md §8.10): no
-    /// debuginfo, registers only, memory read from the kernel.
+    /// A kernel function named for the stub to resolve (PROTOCOL.md §8.10):
+    /// registers, memory read from the kernel, and, when the resolver knows the
+    /// function (from BTF), its parameters at the entry (offset 0, or through
+    /// `@entry` at `.return`).
     Symbol {
         symbol: String,
         offset: u64,
         is_return: bool,
+        function: Option<Function>,
     },
 }
 
@@ -256,6 +259,7 @@ pub(crate) fn lower_site(
             symbol,
             offset,
             is_return,
+            ..
         } => SiteSpec::KernelSymbol {
             symbol: symbol.clone(),
             offset: *offset,
@@ -1071,7 +1075,23 @@ impl Lowerer<'_, '_> {
                     .help(help),
                 );
             }
-            // No debuginfo: the raw return register, as a signed 64-bit value.
+            // Typed when the resolver knows the function's return type (BTF).
+            if let SiteKind::Symbol {
+                function: Some(function),
+                ..
+            } = &self.site.kind
+                && let Some(return_type) = function.return_type
+                && !self.in_entry
+            {
+                let ty = from_kernel(self.cx.resolver, return_type);
+                if ty.is_scalar() {
+                    let b = self.b();
+                    b.load(8, false, reg(depth), CTX, ctx_offset(x86_64::RETURN_SLOT));
+                    narrow_to(b, &ty, reg(depth));
+                    return Ok(Val::Scalar(ty));
+                }
+            }
+            // No type: the raw return register, as a signed 64-bit value.
             let b = self.b();
             b.load(8, false, reg(depth), CTX, ctx_offset(x86_64::RETURN_SLOT));
             return Ok(Val::Scalar(crate::types::I64));
@@ -1107,15 +1127,15 @@ impl Lowerer<'_, '_> {
                 narrow_to(b, &ty, reg(depth));
                 Ok(Val::Scalar(ty))
             }
-            SiteKind::Symbol { .. } => self.fail(
+            SiteKind::Symbol { function: None, .. } => self.fail(
                 Diagnostic::error(
                     diagnostic::UNKNOWN_VARIABLE,
                     span,
                     format!("unknown variable `${name}`"),
                 )
                 .label(format!("{} has no variables", self.site.description))
-                .note("the kernel's function is named by symbol, without its debuginfo")
-                .help("read registers with reg(\"rdi\"), or give the kernel image with --kernel"),
+                .note("the kernel's function is named by symbol, and no type information describes it")
+                .help("read registers with reg(\"rdi\"), or give the kernel's types (--btf) or image (--kernel)"),
             ),
             SiteKind::Timer { .. } => self.fail(
                 Diagnostic::error(
@@ -1144,7 +1164,10 @@ impl Lowerer<'_, '_> {
                 narrow_to(b, &ty, reg(depth));
                 Ok(Val::Scalar(ty))
             }
-            SiteKind::Return { .. } if !self.in_entry => {
+            SiteKind::Return { .. }
+            | SiteKind::Symbol {
+                is_return: true, ..
+            } if !self.in_entry => {
                 let key = format!("${name}");
                 let name = name.to_string();
                 self.entry_capture(key, span, depth, move |lowerer| {
@@ -1152,7 +1175,7 @@ impl Lowerer<'_, '_> {
                     lowerer.read_scalar(val, span, 0)
                 })
             }
-            SiteKind::Code { .. } | SiteKind::Return { .. } => {
+            SiteKind::Code { .. } | SiteKind::Return { .. } | SiteKind::Symbol { .. } => {
                 let variables = self.variables()?;
                 let Some(variable) = variables
                     .iter()
@@ -1195,6 +1218,12 @@ impl Lowerer<'_, '_> {
                 function, address, ..
             } => (function.clone(), *address, false),
             SiteKind::Return { function, .. } => (function.clone(), function.entry, true),
+            SiteKind::Symbol {
+                function: Some(function),
+                offset,
+                is_return,
+                ..
+            } => (function.clone(), function.entry + offset, *is_return),
             _ => return Ok(Vec::new()),
         };
         let cache = if entry {
@@ -1228,7 +1257,11 @@ impl Lowerer<'_, '_> {
     fn at_entry(&self) -> bool {
         match &self.site.kind {
             SiteKind::Code { at_entry, .. } => *at_entry,
-            SiteKind::Return { .. } => self.in_entry,
+            SiteKind::Return { .. }
+            | SiteKind::Symbol {
+                is_return: true, ..
+            } => self.in_entry,
+            SiteKind::Symbol { offset, .. } => *offset == 0,
             _ => false,
         }
     }
@@ -1756,9 +1789,16 @@ impl Lowerer<'_, '_> {
         match &self.site.kind {
             SiteKind::Marker(marker) => marker.args.iter().any(|arg| arg.name == name),
             SiteKind::User { args, .. } => args.iter().any(|arg| arg.name == name),
-            SiteKind::Code { .. } | SiteKind::Return { .. } => {
+            SiteKind::Code { .. } | SiteKind::Return { .. } | SiteKind::Symbol { .. } => {
                 let saved = self.in_entry;
-                self.in_entry = matches!(self.site.kind, SiteKind::Return { .. });
+                self.in_entry = matches!(
+                    self.site.kind,
+                    SiteKind::Return { .. }
+                        | SiteKind::Symbol {
+                            is_return: true,
+                            ..
+                        }
+                );
                 let found = self
                     .cx
                     .resolver_variables_quiet(&self.site.kind)
@@ -1766,7 +1806,7 @@ impl Lowerer<'_, '_> {
                 self.in_entry = saved;
                 found
             }
-            SiteKind::Timer { .. } | SiteKind::Symbol { .. } => false,
+            SiteKind::Timer { .. } => false,
         }
     }
 
@@ -1893,12 +1933,29 @@ impl Lowerer<'_, '_> {
                         let size = limit.unwrap_or(self.cx.options.string_size);
                         let slot = self.temp(size, span)?;
                         let read = self.read_str_helper();
+                        let by_address = matches!(self.site.kind, SiteKind::Symbol { .. });
                         let b = self.b();
                         b.zero(slot.offset, u16::from(slot.words));
                         b.stack_pointer(1, slot.offset);
                         b.mov_imm(2, i64::from(size));
                         b.mov_reg(3, reg(depth));
-                        b.call(read);
+                        if by_address {
+                            // A Linux kernel function's pointer parameter may point to
+                            // user memory (`__user`, which GCC-built kernels' BTF does
+                            // not record): on x86-64 the user half of the address space
+                            // is the lower one, so an address with the top bit clear is
+                            // read as user memory, any other as kernel memory.
+                            let kernel = b.label();
+                            let done = b.label();
+                            b.jump_if_imm(Cond::SignedLt, 3, 0, kernel);
+                            b.call(Helper::ReadUserStr);
+                            b.jump(done);
+                            b.bind(kernel);
+                            b.call(read);
+                            b.bind(done);
+                        } else {
+                            b.call(read);
+                        }
                         Ok(Val::Buf {
                             slot,
                             ty: Type::Str(size),
@@ -3410,10 +3467,17 @@ impl Lowerer<'_, '_> {
             }
             SiteKind::Marker(marker) => marker.args.iter().map(|arg| arg.name.clone()).collect(),
             SiteKind::User { args, .. } => args.iter().map(|arg| arg.name.clone()).collect(),
-            SiteKind::Symbol { .. } => Vec::new(),
-            SiteKind::Code { .. } | SiteKind::Return { .. } => {
-                let variables = if self.in_entry || matches!(self.site.kind, SiteKind::Code { .. })
-                {
+            SiteKind::Symbol { function: None, .. } => Vec::new(),
+            SiteKind::Code { .. } | SiteKind::Return { .. } | SiteKind::Symbol { .. } => {
+                let return_site = matches!(
+                    self.site.kind,
+                    SiteKind::Return { .. }
+                        | SiteKind::Symbol {
+                            is_return: true,
+                            ..
+                        }
+                );
+                let variables = if self.in_entry || !return_site {
                     self.variables()?
                 } else {
                     // Parameters of a return site are the entry's.
@@ -3432,7 +3496,7 @@ impl Lowerer<'_, '_> {
                         && !matches!(variable.location, Location::Unavailable(_))
                         && !(matches!(variable.location, Location::EntryValue(_))
                             && !self.at_entry()
-                            && !matches!(self.site.kind, SiteKind::Return { .. }));
+                            && !return_site);
                     if readable {
                         names.push(variable.name.clone());
                     } else {

@@ -3,6 +3,9 @@
 //!
 //! # Code map
 //!
+//! - [`btf`]: the kernel's BTF read (from `/sys/kernel/btf/vmlinux`, a vmlinux or
+//!   a compressed `vmlinuz`) and a resolver for kernel functions named by symbol
+//!   that answers their parameters and every type from it.
 //! - [`debuginfo`]: the kernel's ELF/DWARF indexed (functions, variables and their
 //!   locations at an address, types, lines, symbols, the build-id check).
 //! - [`markers`]: the stub's static marker table read from the image (section
@@ -24,6 +27,7 @@
 //!   without the kernel's image (the Linux adapter's tracepoints);
 //!   [`stub_symbols`]: kernel addresses the stub names for them (`Symbolize`).
 
+pub mod btf;
 pub mod debuginfo;
 pub mod markers;
 pub mod port;

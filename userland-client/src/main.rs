@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lang::CompileOptions;
+use userland_client::btf::source::{KernelBtf, KernelTypes};
 use userland_client::debuginfo::{Kernel, ListOptions, format_list};
 use userland_client::markers;
 use userland_client::port::Port;
@@ -74,8 +75,13 @@ enum Command {
         #[command(flatten)]
         script: ScriptArgs,
         /// The kernel image with DWARF, or `gnumach-dbg`.
-        #[arg(long, short = 'k')]
-        kernel: String,
+        #[arg(long, short = 'k', required_unless_present = "btf")]
+        kernel: Option<String>,
+        /// Instead of `--kernel`: the kernel's BTF (raw, as /sys/kernel/btf/vmlinux, a
+        /// vmlinux with a .BTF section, or a compressed vmlinuz), for kernel functions
+        /// named by symbol as the Linux adapter probes them.
+        #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+        btf: Option<PathBuf>,
         /// Prints every map, record format and site with its programs disassembled.
         #[arg(long)]
         dump: bool,
@@ -109,6 +115,13 @@ struct RunArgs {
     /// adapter, `probeport-linuxd`).
     #[arg(long, short = 'k')]
     kernel: Option<String>,
+    /// The kernel's BTF for kernel functions named by symbol (the Linux adapter): a
+    /// raw BTF file, a vmlinux with a .BTF section, or a compressed vmlinuz; refused
+    /// when its build-id is not the running kernel's. Without it (and without
+    /// `--kernel`), a `unix:` port is typed from this machine's
+    /// /sys/kernel/btf/vmlinux when the port's kernel is this machine's.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    btf: Option<PathBuf>,
     /// An existing probe port: `unix:PATH` (a socket) or `serial:DEVICE`.
     #[arg(long, value_name = "unix:PATH|serial:DEVICE")]
     port: Option<String>,
@@ -247,11 +260,39 @@ fn image_markers(kernel: &Kernel) -> anyhow::Result<Option<Vec<lang::resolver::M
     Ok(markers::read_markers(kernel)?)
 }
 
-fn check(args: &ScriptArgs, kernel: &str, dump: bool) -> Result<(), Failure> {
-    let sources = load_script(args)?;
-    let kernel = open_kernel(kernel)?;
-    let markers = image_markers(&kernel)?.unwrap_or_default();
-    let checked = script::check(&kernel, markers, &sources, &CompileOptions::default());
+fn open_btf(path: &std::path::Path) -> anyhow::Result<KernelBtf> {
+    KernelBtf::open(path).context("cannot read the kernel's BTF")
+}
+
+fn check(
+    args: &ScriptArgs,
+    kernel: Option<&str>,
+    btf: Option<&std::path::Path>,
+    dump: bool,
+) -> Result<(), Failure> {
+    // With BTF and no image the kernel is a Linux one: its tapsets, which
+    // `check_btf` adds, not the demo kernel's.
+    let sources = if kernel.is_none() {
+        script::load_for_target(
+            args.script.as_deref(),
+            args.program.as_deref(),
+            &args.tapset_dirs,
+        )
+        .map_err(Failure::from)?
+    } else {
+        load_script(args)?
+    };
+    let checked = match (kernel, btf) {
+        (Some(kernel), _) => {
+            let kernel = open_kernel(kernel)?;
+            let markers = image_markers(&kernel)?.unwrap_or_default();
+            script::check(&kernel, markers, &sources, &CompileOptions::default())
+        }
+        (None, Some(btf)) => {
+            script::check_btf(&open_btf(btf)?.btf, &sources, &CompileOptions::default())
+        }
+        (None, None) => return Err(usage("give --kernel IMAGE or --btf FILE")),
+    };
     eprint!("{}", checked.rendered);
     match checked.script {
         Some(compiled) if !checked.failed => {
@@ -314,8 +355,28 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         Some(kernel) => image_markers(kernel)?,
         None => None,
     };
+    // Kernel types from BTF: a file given is read now (and checked against the
+    // running kernel's build-id once connected); a Unix socket's kernel may be this
+    // machine's, whose BTF the session takes if the build-ids agree.
+    let kernel_types = match (&args.btf, &kernel, args.port.as_deref()) {
+        (Some(path), _, _) => Some(KernelTypes::File(Arc::new(open_btf(path)?))),
+        (None, None, Some(port)) if port.starts_with("unix:") => Some(KernelTypes::Running),
+        _ => None,
+    };
     if kernel.is_none() {
-        let checked = script::check_user_space(&sources, &CompileOptions::default());
+        // With this machine's BTF for a `unix:` port, checking against it is sound:
+        // if the port's kernel is another, the session has no types at all and
+        // fails wherever this check does.
+        let running = match &kernel_types {
+            Some(KernelTypes::Running) => KernelBtf::running().ok().map(Arc::new),
+            _ => None,
+        };
+        let checked = match (&kernel_types, &running) {
+            (Some(KernelTypes::File(btf)), _) | (_, Some(btf)) => {
+                script::check_btf(&btf.btf, &sources, &CompileOptions::default())
+            }
+            _ => script::check_user_space(&sources, &CompileOptions::default()),
+        };
         if checked.failed {
             eprint!("{}", checked.rendered);
             return Err(Failure {
@@ -424,6 +485,7 @@ fn run_script(args: &RunArgs) -> Result<(), Failure> {
         image_markers,
         // Without the image, the tapsets are those of the kernel the stub names.
         target_tapsets: kernel.is_none(),
+        kernel_types,
         ..SessionOptions::default()
     };
     let outcome = match &kernel {
@@ -457,8 +519,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check {
             script,
             kernel,
+            btf,
             dump,
-        } => check(script, kernel, *dump),
+        } => check(script, kernel.as_deref(), btf.as_deref(), *dump),
         Command::Run(args) => run_script(args),
     }
 }

@@ -106,9 +106,26 @@ pub fn check(
 /// a marker that matches nothing is not counted as a failure here (the session
 /// compiles again against the stub's table and tapsets).
 pub fn check_user_space(sources: &Sources, options: &CompileOptions) -> Checked {
+    check_before_connecting(sources, &crate::uprobe::KernelSymbolResolver, options)
+}
+
+/// [`check_user_space`], with kernel functions typed from `btf`.
+pub fn check_btf(btf: &crate::btf::Btf, sources: &Sources, options: &CompileOptions) -> Checked {
+    check_before_connecting(
+        sources,
+        &crate::btf::resolver::BtfResolver::new(btf),
+        options,
+    )
+}
+
+fn check_before_connecting(
+    sources: &Sources,
+    resolver: &dyn lang::resolver::Resolver,
+    options: &CompileOptions,
+) -> Checked {
     let mut sources = sources.clone();
     lang::tapset::add_builtin_for(&mut sources, lang::tapset::Builtin::Linux);
-    let (script, diagnostics) = compile(&sources, &crate::uprobe::KernelSymbolResolver, options);
+    let (script, diagnostics) = compile(&sources, resolver, options);
     let unknown_marker = |diagnostic: &Diagnostic| {
         diagnostic.code == lang::diagnostic::NO_MATCH
             && diagnostic.message.starts_with("no marker matches")

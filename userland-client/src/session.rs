@@ -76,6 +76,9 @@ pub struct SessionOptions {
     /// (`lang::tapset::Builtin::for_kernel`) before compiling: for sources loaded
     /// without them ([`crate::script::load_for_target`]).
     pub target_tapsets: bool,
+    /// The BTF that types kernel functions named by symbol when there is no
+    /// debuginfo ([`crate::btf::source::KernelTypes`]); `None`: names only.
+    pub kernel_types: Option<crate::btf::source::KernelTypes>,
 }
 
 impl Default for SessionOptions {
@@ -88,6 +91,7 @@ impl Default for SessionOptions {
             client_name: format!("probeport {}", env!("CARGO_PKG_VERSION")),
             image_markers: None,
             target_tapsets: false,
+            kernel_types: None,
         }
     }
 }
@@ -104,6 +108,9 @@ pub enum SessionError {
     /// The debuginfo is not the running kernel's.
     #[error(transparent)]
     BuildId(#[from] BuildIdMismatch),
+    /// The BTF given is not the running kernel's, or cannot be read.
+    #[error(transparent)]
+    Btf(#[from] crate::btf::source::SourceError),
     /// The script did not compile; the diagnostics are rendered.
     #[error("the script has errors")]
     Compile {
@@ -503,15 +510,38 @@ impl<S: TimedRead> Session<'_, '_, S> {
                 &DwarfResolver::new(kernel, markers),
                 &compile_options,
             ),
-            // The stub names kernel functions itself (PROTOCOL.md §8.10).
-            None if capabilities.has(Capabilities::KERNEL_SYMBOL) => compile(
-                sources,
-                &WithMarkers {
-                    inner: crate::uprobe::KernelSymbolResolver,
-                    markers,
-                },
-                &compile_options,
-            ),
+            // The stub names kernel functions itself (PROTOCOL.md §8.10), typed
+            // from BTF when there is one for this kernel.
+            None if capabilities.has(Capabilities::KERNEL_SYMBOL) => {
+                let selected = match &options.kernel_types {
+                    Some(types) => types.select(&build_id)?,
+                    None => crate::btf::source::Selected {
+                        btf: None,
+                        warning: None,
+                    },
+                };
+                if let Some(warning) = &selected.warning {
+                    writeln!(self.output.err, "warning: {warning}")?;
+                }
+                match &selected.btf {
+                    Some(btf) => compile(
+                        sources,
+                        &WithMarkers {
+                            inner: crate::btf::resolver::BtfResolver::new(&btf.btf),
+                            markers,
+                        },
+                        &compile_options,
+                    ),
+                    None => compile(
+                        sources,
+                        &WithMarkers {
+                            inner: crate::uprobe::KernelSymbolResolver,
+                            markers,
+                        },
+                        &compile_options,
+                    ),
+                }
+            }
             None => compile(
                 sources,
                 &WithMarkers {

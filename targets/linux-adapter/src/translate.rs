@@ -773,6 +773,10 @@ impl Translator<'_, '_> {
                     }
                     state[dst] = constant_alu(insn, destination, source);
                 }
+                if operation == op::MOV && uses_src && matches!(insn.off, 8 | 16 | 32) {
+                    self.sign_extend_move(insn, wide);
+                    return Ok(true);
+                }
                 self.out.push(insn);
                 Ok(true)
             }
@@ -791,6 +795,21 @@ impl Translator<'_, '_> {
                 match base {
                     Value::Context(k) => {
                         self.context_load(index, insn, k)?;
+                        Ok(true)
+                    }
+                    _ if insn.code & op::MODE_MASK == op::MODE_MEMSX => {
+                        // Linux before 6.6 has no sign-extending load: load, then
+                        // shift the value's sign bit to the top and back.
+                        let bits = match insn.code & op::SIZE_MASK {
+                            op::SIZE_B => 8,
+                            op::SIZE_H => 16,
+                            _ => 32,
+                        };
+                        let mut plain = insn;
+                        plain.code = (insn.code & !op::MODE_MASK) | op::MODE_MEM;
+                        self.out.push(plain);
+                        self.out.alu_imm(op::LSH, insn.dst(), 64 - bits);
+                        self.out.alu_imm(op::ARSH, insn.dst(), 64 - bits);
                         Ok(true)
                     }
                     _ => {
@@ -838,6 +857,36 @@ impl Translator<'_, '_> {
                         Ok(operation != op::JA)
                     }
                 }
+            }
+        }
+    }
+
+    /// A sign-extending move (`movsx`, `off` 8, 16 or 32), which Linux accepts only
+    /// from 6.6 on (older kernels refuse it: "BPF_MOV uses reserved fields"): a
+    /// plain move, then the value's sign bit shifted to the top and back.
+    fn sign_extend_move(&mut self, insn: Insn, wide: bool) {
+        let (class, width) = if wide {
+            (op::CLASS_ALU64, 64)
+        } else {
+            (op::CLASS_ALU, 32)
+        };
+        let shift = width - i32::from(insn.off);
+        self.out.push(Insn::new(
+            class | op::MOV | op::SRC_X,
+            insn.dst(),
+            insn.src(),
+            0,
+            0,
+        ));
+        for operation in [op::LSH, op::ARSH] {
+            if shift > 0 {
+                self.out.push(Insn::new(
+                    class | operation | op::SRC_K,
+                    insn.dst(),
+                    0,
+                    0,
+                    shift,
+                ));
             }
         }
     }
@@ -1467,6 +1516,27 @@ mod tests {
             disassemble(
                 &assemble(
                     "ldxdw r2, [r1+112]\nldxw r3, [r1+156]\nldxdw r4, [r1+128]\n\
+                     mov64 r0, 0\nmov64 r0, 0\nexit"
+                )
+                .unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn sign_extensions_become_shifts_for_kernels_before_6_6() {
+        // Linux 6.1 refuses `movsx` and `ldxsx` ("BPF_MOV uses reserved fields").
+        assert_eq!(
+            body(
+                "mov64 r2, 5\nmov64sx32 r3, r2\nmov32sx8 r4, r2\nmov64sx16 r5, r2\n\
+                 stxdw [r10-8], r2\nldxsh r6, [r10-8]\nmov64 r0, 0\nexit"
+            ),
+            disassemble(
+                &assemble(
+                    "mov64 r2, 5\nmov64 r3, r2\nlsh64 r3, 32\narsh64 r3, 32\n\
+                     mov32 r4, r2\nlsh32 r4, 24\narsh32 r4, 24\n\
+                     mov64 r5, r2\nlsh64 r5, 48\narsh64 r5, 48\n\
+                     stxdw [r10-8], r2\nldxh r6, [r10-8]\nlsh64 r6, 48\narsh64 r6, 48\n\
                      mov64 r0, 0\nmov64 r0, 0\nexit"
                 )
                 .unwrap()

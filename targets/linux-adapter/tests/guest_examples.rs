@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::cli::{Run, examples, relay};
-use guest::{initramfs_with, one_guest_at_a_time, tempdir, wait_console};
+use guest::{initramfs_with, one_guest_at_a_time, tempdir, wait_console, workload};
 use qemu::linux::{DebianKernel, INIT_PROLOGUE, PASS_AND_EXIT};
 
 /// `getppid` calls of the counted workload.
@@ -62,7 +62,11 @@ fn syscalls_and_profile_examples_in_debians_kernel() {
         &kernel,
         &init(),
         &directory,
-        &["ppx-idle", "ppx-busy", "ppx-spin"],
+        &[
+            ("bin/ppx-idle", workload()),
+            ("bin/ppx-busy", workload()),
+            ("bin/ppx-spin", workload()),
+        ],
     );
     let mut config = kernel
         .config(&initrd, "")

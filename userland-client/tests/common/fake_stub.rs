@@ -48,6 +48,8 @@ pub struct Model {
     /// Per probe: (faults, last fault address, misses, drops).
     pub probe_stats: HashMap<u32, (u64, u64, u64, u64)>,
     pub lease_ms: u32,
+    /// Capabilities announced besides the default 0x7f (kernel symbol sites, say).
+    pub extra_capabilities: u32,
     /// Set once `Start` was answered (for tests that act on a running session).
     pub started: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -120,7 +122,7 @@ pub fn serve<S: Read + Write>(mut stream: S, model: Model) -> Seen {
                             max_record: 1024,
                             return_depth: 16,
                         },
-                        capabilities: Capabilities(0x7f),
+                        capabilities: Capabilities(0x7f | model.extra_capabilities),
                         lease_ms: model.lease_ms,
                     })),
                 ),

@@ -67,13 +67,12 @@ pub fn initramfs(kernel: &DebianKernel, init: &str, directory: &Path) -> PathBuf
     initramfs_with(kernel, init, directory, &[])
 }
 
-/// [`initramfs`] with more copies of the workload, at `/bin/NAME` for each name
-/// of `workload_names` (a process's `comm` is its file name).
+/// [`initramfs`] with more executables: each `(path in the guest, host file)`.
 pub fn initramfs_with(
     kernel: &DebianKernel,
     init: &str,
     directory: &Path,
-    workload_names: &[&str],
+    extra: &[(&str, &Path)],
 ) -> PathBuf {
     let daemon = Path::new(env!("CARGO_BIN_EXE_probeport-linuxd"));
     let mut archive = kernel
@@ -84,8 +83,8 @@ pub fn initramfs_with(
     };
     archive.file("bin/probeport-linuxd", &read(daemon), 0o755);
     archive.file("bin/getppid_loop", &read(workload()), 0o755);
-    for name in workload_names {
-        archive.file(&format!("bin/{name}"), &read(workload()), 0o755);
+    for (path, file) in extra {
+        archive.file(path, &read(file), 0o755);
     }
     let mut directories: Vec<String> = Vec::new();
     for library in shared_libraries(daemon) {
@@ -113,6 +112,26 @@ pub fn initramfs_with(
         .write(&path)
         .unwrap_or_else(|error| panic!("{error}"));
     path
+}
+
+/// `tests/fixtures/NAME.c` built with `gcc -static` (installed when missing) into
+/// `directory`; returns the executable's path.
+pub fn static_c_program(name: &str, directory: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
+    let output = directory.join(name);
+    crate::common::ensure_gcc();
+    let status = Command::new("gcc")
+        .args(["-O1", "-static", "-o"])
+        .arg(&output)
+        .arg(&source)
+        .status()
+        .expect("gcc runs");
+    assert!(
+        status.success(),
+        "gcc -static failed on {}",
+        source.display()
+    );
+    output
 }
 
 /// A fresh private directory.
