@@ -23,7 +23,7 @@
 //! executor implements (the stub on real kernel memory, host tools and tests on
 //! whatever they like). The interpreter checks every helper argument, turns the
 //! helper's result into the value the program sees in `r0` (see
-//! [`Helper`](probe_port_protocol::isa::Helper) for the numbers), and zeroes buffers
+//! [`Helper`] for the numbers), and zeroes buffers
 //! on failure so a program never sees stale bytes.
 //!
 //! [`run_traced`] is the same loop with a [`Tracer`] called before each
@@ -954,7 +954,8 @@ fn map_of<H: Helpers + ?Sized>(helpers: &H, r1: u64) -> Result<(MapId, MapSpec),
 /// `r1`–`r5` keep their values; the verifier treats them as clobbered, so no
 /// program may rely on that. Out of line: calls are rare next to arithmetic, and
 /// keeping them out of the loop keeps the loop small. The JIT's helper dispatch
-/// calls this same function, so helper semantics are the interpreter's in both.
+/// calls this same function (and, for `aggregate`, the same [`aggregate`]), so
+/// helper semantics are the interpreter's in both.
 #[inline(never)]
 pub(crate) fn call_helper<H: Helpers + ?Sized>(
     id: i32,

@@ -28,15 +28,16 @@
 //! mov rax, ENTRY
 //! call rax                      ; ENTRY(context, cookie): the handler
 //! mov rsp, rbx
-//! std; sti                      ; each only if the saved flags had it
-//! <OF, then sahf>               ; the arithmetic flags, from the saved flags
+//! <the saved flags back>        ; `restore_flags`: one by one, or popfq
 //! mov reg, [rsp + 8*n]          ; every register but rsp, back
 //! lea rsp, [rsp + S + 8]        ; the frame and the flags pushfq saved
 //! <the window's instructions>   ; copies, RIP-relative operands fixed up
 //! jmp ADDRESS + window          ; rel32, or jmp [rip+0] and the address
 //! ```
 //!
-//! No `popfq` at the end: see `restore_flags`.
+//! The flags usually come back without `popfq`, which is slow under QEMU's TCG;
+//! see `restore_flags`. Jump probes take RFLAGS.IF as the kernel's interrupt
+//! mask, as `cli` and `sti` do (see `Platform::write_text_stopped`).
 //!
 //! The frame *is* the handler's probe context (PROTOCOL.md §6.2): the registers
 //! by DWARF number, `PC`, `FLAGS`, and zero in every later slot until the stub
@@ -80,6 +81,7 @@ const ZEROED: usize = slot::PROBE;
 const _: () = assert!(FRAME < 1024 && FRAME == 8 * CONTEXT_SLOTS);
 const _: () = assert!(slot::PC == slot::REGISTER_SLOTS && slot::FLAGS == slot::PC + 1);
 const _: () = assert!(ZEROED == slot::FLAGS + 1);
+const _: () = assert!(8 * (CONTEXT_SLOTS - ZEROED) <= 0x80);
 
 /// The x86 register number of each DWARF register number 0..16.
 const X86_NUMBER: [u8; 16] = [0, 2, 1, 3, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15];
@@ -121,6 +123,18 @@ struct Emitter {
 }
 
 impl Emitter {
+    fn new() -> Self {
+        Emitter {
+            bytes: [0xcc; MAX_DETOUR],
+            len: 0,
+            overflowed: false,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
     fn push(&mut self, bytes: &[u8]) {
         match self.bytes.get_mut(self.len..self.len + bytes.len()) {
             Some(room) => {
@@ -177,11 +191,7 @@ pub(crate) fn build(
     cookie: u64,
 ) -> Result<Detour, DetourError> {
     let code = code.get(..MAX_WINDOW).unwrap_or(code);
-    let mut out = Emitter {
-        bytes: [0xcc; MAX_DETOUR],
-        len: 0,
-        overflowed: false,
-    };
+    let mut out = Emitter::new();
     // pushfq; cli; cld (`restore_flags` puts IF and DF back)
     out.push(&[0x9c, 0xfa, 0xfc]);
     out.lea_rsp(4, -(FRAME as i32)); // lea rsp, [rsp - FRAME]
@@ -196,9 +206,13 @@ pub(crate) fn build(
     out.rsp_relative(true, 0, FLAGS);
     out.mov_imm64(0, address);
     out.rsp_relative(true, 0, PC);
-    out.push(&[0x31, 0xc0]); // xor eax, eax
-    for zeroed in ZEROED..CONTEXT_SLOTS {
-        out.rsp_relative(true, 0, 8 * zeroed);
+    // xor eax, eax; lea rdi, [rsp + 8 * ZEROED]; mov [rdi + 8 * n], rax for every
+    // later slot: one-byte displacements (rdi is set again below).
+    out.push(&[0x31, 0xc0]);
+    out.push(&[0x48, 0x8d, 0xbc, 0x24]);
+    out.push(&((8 * ZEROED) as u32).to_le_bytes());
+    for zeroed in 0..CONTEXT_SLOTS - ZEROED {
+        out.push(&[0x48, 0x89, 0x47, (8 * zeroed) as u8]);
     }
     out.push(&[0x48, 0x89, 0xe7]); // mov rdi, rsp
     out.mov_imm64(6, cookie); // mov rsi, cookie
@@ -207,7 +221,7 @@ pub(crate) fn build(
     out.mov_imm64(0, entry);
     out.push(&[0xff, 0xd0]); // call rax
     out.push(&[0x48, 0x89, 0xdc]); // mov rsp, rbx
-    restore_flags(&mut out);
+    restore_flags(&mut out, arch::has_lahf_sahf(), 0, &[0xfb]);
     for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
         if dwarf != RSP {
             out.rsp_relative(false, register, REGS + 8 * dwarf);
@@ -261,32 +275,70 @@ pub(crate) fn build(
     })
 }
 
-/// Puts back the flags the detour changed, from the frame's `FLAGS` slot, without
-/// `popfq` (under QEMU's TCG a `popf` ends the translation block; measured in the
-/// demo kernel, ten `pushfq; popfq` pairs cost about 47 TSC cycles each, a plain
-/// `mov` under one): DF and IF with `std`/`sti` when they were set (the detour
-/// cleared them); OF by an addition that overflows exactly when it was set; SF,
-/// ZF, AF, PF and CF with `sahf`. Clobbers `rax` (restored after); no other flag
-/// changes.
-fn restore_flags(out: &mut Emitter) {
-    let flags_byte_1 = (FLAGS + 1) as u32;
-    let test_byte_1 = |out: &mut Emitter, mask: u8| {
-        out.push(&[0xf6, 0x84, 0x24]); // test byte [rsp + FLAGS + 1], mask
-        out.push(&flags_byte_1.to_le_bytes());
-        out.push(&[mask]);
+/// Flags the detour clears itself: IF (`cli`) and DF (`cld`).
+const CLEARED: u32 = 0x200 | 0x400;
+/// The arithmetic flags: CF, PF, AF, ZF, SF and OF.
+const ARITHMETIC: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x800;
+
+/// Puts back the flags of the frame's `FLAGS` slot. Clobbers `rax` and `rcx`
+/// (restored after).
+///
+/// `popfq` does it exactly, but under QEMU's TCG a `popf` ends the translation
+/// block (in the demo kernel ten `pushfq; popfq` pairs cost about 47 TSC cycles
+/// each, a plain `mov` under one). So when the flags differ from the saved ones
+/// only where the detour itself changed them (the arithmetic flags, and IF and DF
+/// cleared), and the CPU has `lahf`/`sahf` in 64-bit mode (CPUID 8000_0001h
+/// ECX[0]; without it `sahf` is undefined), it puts them back one by one: DF and
+/// IF with `std` and `enable_interrupts` (`sti`) when they were set; OF by an
+/// addition that overflows exactly when it was set; SF, ZF, AF, PF and CF with
+/// `sahf`. Any other difference (a platform method that changed AC, TF or IF,
+/// say) takes `popfq`. `check_ignores` are flags the check does not compare (0;
+/// the native tests, which run with IF set, ignore IF).
+fn restore_flags(out: &mut Emitter, lahf_sahf: bool, check_ignores: u32, enable_interrupts: &[u8]) {
+    let flags = FLAGS as u32;
+    let flags_byte_1 = flags + 1;
+    // push qword [rsp + FLAGS]; popfq
+    let mut exact = Emitter::new();
+    exact.push(&[0xff, 0xb4, 0x24]);
+    exact.push(&flags.to_le_bytes());
+    exact.push(&[0x9d]);
+    if !lahf_sahf {
+        out.push(exact.bytes());
+        return;
+    }
+
+    let mut fast = Emitter::new();
+    let test_byte_1 = |fast: &mut Emitter, mask: u8| {
+        fast.push(&[0xf6, 0x84, 0x24]); // test byte [rsp + FLAGS + 1], mask
+        fast.push(&flags_byte_1.to_le_bytes());
+        fast.push(&[mask]);
     };
-    test_byte_1(out, 0x04); // DF: bit 10
-    out.push(&[0x74, 0x01, 0xfd]); // jz +1; std
-    test_byte_1(out, 0x02); // IF: bit 9
-    out.push(&[0x74, 0x01, 0xfb]); // jz +1; sti
-    out.push(&[0x8a, 0x84, 0x24]); // mov al, [rsp + FLAGS + 1]
-    out.push(&flags_byte_1.to_le_bytes());
+    test_byte_1(&mut fast, 0x04); // DF: bit 10
+    fast.push(&[0x74, 0x01, 0xfd]); // jz +1; std
+    test_byte_1(&mut fast, 0x02); // IF: bit 9
+    fast.push(&[0x74, enable_interrupts.len() as u8]); // jz past
+    fast.push(enable_interrupts);
+    fast.push(&[0x8a, 0x84, 0x24]); // mov al, [rsp + FLAGS + 1]
+    fast.push(&flags_byte_1.to_le_bytes());
     // and al, 8 (OF: bit 11); shl al, 4; add al, 0x80: -128 + -128 overflows,
     // 0 + -128 does not.
-    out.push(&[0x24, 0x08, 0xc0, 0xe0, 0x04, 0x04, 0x80]);
-    out.push(&[0x8a, 0xa4, 0x24]); // mov ah, [rsp + FLAGS]
-    out.push(&(FLAGS as u32).to_le_bytes());
-    out.push(&[0x9e]); // sahf: SF, ZF, AF, PF, CF
+    fast.push(&[0x24, 0x08, 0xc0, 0xe0, 0x04, 0x04, 0x80]);
+    fast.push(&[0x8a, 0xa4, 0x24]); // mov ah, [rsp + FLAGS]
+    fast.push(&flags.to_le_bytes());
+    fast.push(&[0x9e]); // sahf: SF, ZF, AF, PF, CF
+    fast.push(&[0xeb, exact.len as u8]); // jmp past the exact restore
+
+    out.push(&[0x9c, 0x58]); // pushfq; pop rax: the flags now
+    out.push(&[0x48, 0x8b, 0x8c, 0x24]); // mov rcx, [rsp + FLAGS]: the flags saved
+    out.push(&flags.to_le_bytes());
+    out.push(&[0x48, 0x81, 0xe1]); // and rcx, !CLEARED: as the detour left them
+    out.push(&(!CLEARED).to_le_bytes());
+    out.push(&[0x48, 0x31, 0xc8]); // xor rax, rcx
+    out.push(&[0x48, 0xa9]); // test rax, !(ARITHMETIC | check_ignores)
+    out.push(&(!(ARITHMETIC | check_ignores)).to_le_bytes());
+    out.push(&[0x75, fast.len as u8]); // jnz to the exact restore
+    out.push(fast.bytes());
+    out.push(exact.bytes());
 }
 
 /// Whether `bytes` (one instruction) is an indirect `call` or `jmp` (`FF /2../5`),
@@ -309,28 +361,33 @@ pub(crate) fn jump(address: u64, target: u64) -> Option<[u8; JUMP_LEN]> {
     Some(bytes)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64", unix))]
 mod tests {
     use super::*;
 
-    /// The arithmetic flags and DF.
-    const RESTORED: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800;
+    /// The flags `restore_flags` puts back: the arithmetic flags and DF.
+    const RESTORED: u64 = (ARITHMETIC | 0x400) as u64;
+    /// AC, which user mode may set and clear with `popfq`.
+    const AC: u64 = 1 << 18;
+    /// `inc r10`: stands in for `sti` (user mode may not), counting its runs.
+    const MARK: [u8; 3] = [0x49, 0xff, 0xc2];
 
     /// Runs `restore_flags`'s code natively with a frame whose `FLAGS` slot is
-    /// `saved` (IF clear: user mode may not `sti`), after setting the flags to
-    /// `before`; returns the flags it leaves.
-    fn run_restore(saved: u64, before: u64) -> u64 {
-        let mut out = Emitter {
-            bytes: [0xcc; MAX_DETOUR],
-            len: 0,
-            overflowed: false,
-        };
+    /// `saved`, after setting the flags to `before`; returns the flags it leaves
+    /// and how often the interrupt-enabling instruction ran. The check ignores IF
+    /// (always set in user mode).
+    fn run_restore(lahf_sahf: bool, saved: u64, before: u64) -> (u64, u64) {
+        let mut out = Emitter::new();
         out.push(&[0x49, 0x89, 0xe3]); // mov r11, rsp
         out.push(&[0x48, 0x89, 0xfc]); // mov rsp, rdi: the frame
+        out.push(&[0x4d, 0x31, 0xd2]); // xor r10, r10
         out.push(&[0x56, 0x9d]); // push rsi; popfq: the flags before
-        restore_flags(&mut out);
+        restore_flags(&mut out, lahf_sahf, 0x200, &MARK);
         out.push(&[0x9c, 0x58]); // pushfq; pop rax
-        out.push(&[0xfc, 0x4c, 0x89, 0xdc, 0xc3]); // cld; mov rsp, r11; ret
+        out.push(&[0x4c, 0x89, 0xd2]); // mov rdx, r10
+        // push 0x202; popfq: AC and DF clear again for the caller
+        out.push(&[0x68, 0x02, 0x02, 0x00, 0x00, 0x9d]);
+        out.push(&[0x4c, 0x89, 0xdc, 0xc3]); // mov rsp, r11; ret
         assert!(!out.overflowed);
 
         // The frame, with room below it for the pushes.
@@ -351,39 +408,90 @@ mod tests {
         };
         assert_ne!(page, libc::MAP_FAILED);
         // SAFETY: the page is writable and larger than the code, then made
-        // executable; the code is a function `(frame, flags) -> flags` that uses
-        // only the frame's memory and puts rsp and DF back before returning.
-        unsafe {
+        // executable; the code is a function `(frame, flags) -> (flags, marks)`
+        // that uses only the frame's memory and clears DF and AC and puts rsp back
+        // before returning.
+        let result = unsafe {
             core::ptr::copy_nonoverlapping(out.bytes.as_ptr(), page.cast::<u8>(), out.len);
             assert_eq!(
                 libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC),
                 0
             );
-            let code: extern "sysv64" fn(*mut u64, u64) -> u64 = core::mem::transmute(page);
-            let flags = code(frame, before);
+            let code: extern "sysv64" fn(*mut u64, u64) -> u128 = core::mem::transmute(page);
+            let result = code(frame, before);
             libc::munmap(page, 4096);
-            flags
+            result
+        };
+        (result as u64, (result >> 64) as u64)
+    }
+
+    /// Every combination of the 7 bits given, over `0x2` (bit 1 is always set).
+    fn combinations(bits: &[u64]) -> impl Iterator<Item = u64> + '_ {
+        (0u64..1 << bits.len()).map(move |pick| {
+            bits.iter()
+                .enumerate()
+                .filter(|(index, _)| pick & (1 << index) != 0)
+                .fold(0x2, |flags, (_, bit)| flags | bit)
+        })
+    }
+
+    #[test]
+    fn the_flags_come_back_one_by_one_when_only_the_detours_changes_differ() {
+        let bits = [0x1, 0x4, 0x10, 0x40, 0x80, 0x400, 0x800, 0x200];
+        for saved in combinations(&bits) {
+            // As the detour leaves them: IF and DF clear, the arithmetic flags
+            // anything (IF is set in user mode whatever the code does).
+            for before in [0x202, 0x202 | (RESTORED & !0x400)] {
+                let (after, marks) = run_restore(true, saved, before);
+                assert_eq!(after & RESTORED, saved & RESTORED, "saved {saved:#x}");
+                // Nothing else changed, AC included.
+                assert_eq!(after & !RESTORED, before & !RESTORED, "saved {saved:#x}");
+                let enabled = u64::from(saved & 0x200 != 0);
+                assert_eq!(marks, enabled, "interrupts enabled iff IF was saved set");
+            }
         }
     }
 
     #[test]
-    fn the_arithmetic_flags_and_df_come_back_without_popf() {
-        for bits in 0u64..128 {
-            // Every combination of CF, PF, AF, ZF, SF, DF and OF.
-            let saved = [0x1, 0x4, 0x10, 0x40, 0x80, 0x400, 0x800]
-                .iter()
-                .enumerate()
-                .filter(|(index, _)| bits & (1 << index) != 0)
-                .fold(0x2, |flags, (_, bit)| flags | bit);
-            // As in the detour: DF clear (its `cld`), the arithmetic flags anything.
-            for before in [0x2, 0x2 | (RESTORED & !0x400)] {
-                let after = run_restore(saved, before);
-                assert_eq!(
-                    after & RESTORED,
-                    saved & RESTORED,
-                    "saved {saved:#x}, before {before:#x}, after {after:#x}"
-                );
-            }
+    fn any_other_difference_takes_popfq() {
+        // The handler left AC set: popfq puts back the saved flags exactly.
+        for saved in combinations(&[0x1, 0x40, 0x400, 0x800]) {
+            let (after, marks) = run_restore(true, saved, 0x202 | AC);
+            assert_eq!(after & (RESTORED | AC), saved & (RESTORED | AC));
+            assert_eq!(marks, 0);
         }
+        // Without lahf/sahf, always popfq.
+        for saved in combinations(&[0x1, 0x40, 0x400, 0x800, AC]) {
+            let (after, marks) = run_restore(false, saved | 0x200, 0x202);
+            assert_eq!(after & (RESTORED | AC), saved & (RESTORED | AC));
+            assert_eq!(marks, 0);
+        }
+    }
+
+    #[test]
+    fn the_longest_detour_fits() {
+        // The longest window: a 4-byte instruction, then one of 15 bytes (eight DS
+        // prefixes on `mov qword [rax], 0x12345678`), with a jump back too far for
+        // rel32; and the flags' longer restore (this CPU has lahf/sahf).
+        assert!(arch::has_lahf_sahf());
+        let mut code = [0u8; MAX_WINDOW];
+        code[..4].copy_from_slice(&[0x48, 0x8b, 0x47, 0x08]); // mov rax, [rdi+8]
+        code[4..12].fill(0x3e);
+        code[12..].copy_from_slice(&[0x48, 0xc7, 0x00, 0x78, 0x56, 0x34, 0x12]);
+        let detour = build(
+            0x1000,
+            &code,
+            MAX_WINDOW,
+            0x7fff_0000_0000,
+            u64::MAX,
+            u64::MAX,
+        )
+        .unwrap_or_else(|error| panic!("{error:?}"));
+        assert_eq!(detour.covered, MAX_WINDOW);
+        assert!(detour.bytes().len() <= MAX_DETOUR);
+        eprintln!(
+            "the longest detour: {} of {MAX_DETOUR} bytes",
+            detour.bytes().len()
+        );
     }
 }

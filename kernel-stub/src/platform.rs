@@ -121,7 +121,12 @@ pub trait Platform: Sync {
     /// (a jump probe, `RequestBody::Jump`) and back; the jump's code runs the
     /// handler on the probed thread's own stack, so a kernel offering this must not
     /// use a red zone below the stack pointer (kernels never do) and must allow
-    /// about 2 KiB of stack at any probed instruction. With no writes it returns
+    /// about 2 KiB of stack at any probed instruction. The jump's code turns
+    /// interrupts off and on with `cli` and `sti` (on x86_64), so a kernel offering
+    /// this must take RFLAGS.IF as its interrupt mask, and the platform methods
+    /// probe context calls must leave IF, AC and TF as they found them (the detour
+    /// checks, and puts the saved flags back with `popfq` when they differ). With
+    /// no writes it returns
     /// at once, `Ok(true)` if the platform can do this at all. Default: unsupported,
     /// and the stub keeps breakpoints.
     fn write_text_stopped(

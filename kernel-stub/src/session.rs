@@ -715,7 +715,7 @@ impl<P: Platform> Stub<P> {
         let on_timer: fn(&Self, &arch::TrapRegisters) = Self::on_timer;
         let fire: fn(&Self, &'static crate::MarkerSite, &[u64]) = Self::fire_marker;
         let fire_global: fn(&'static crate::MarkerSite, &[u64]) = crate::fire_marker;
-        let on_jump: fn(&Self, &mut ProbeContext) = Self::on_jump;
+        let on_jump: unsafe fn(&Self, &mut ProbeContext) = Self::on_jump;
         let entry_points = [
             on_breakpoint as usize as u64,
             on_timer as usize as u64,

@@ -347,15 +347,22 @@ impl<P: Platform> Stub<P> {
             .without_interrupts(|| self.marker_hit(site, args));
     }
 
-    /// A jump probe fired: what a detour calls (through [`jump_entry`]).
+    /// A jump probe fired: what a detour calls (through `jump_entry`).
     /// `context` is the detour's frame: the probed code's registers, `PC` (the
     /// probe's address) and `FLAGS` in their slots and every later slot zero
     /// (`crate::jump`); the stub fills in `PROBE`. Runs the handler as a
     /// breakpoint hit would; the detour then runs the displaced instructions
-    /// itself. *Probe context*: interrupts off (the detour clears IF). Public for
-    /// simulated platforms; a kernel never calls it.
+    /// itself. Public for simulated platforms; a kernel never calls it.
+    ///
+    /// # Safety
+    ///
+    /// *Probe context*: the caller runs with interrupts off (the detour clears IF)
+    /// and stays on one CPU until it returns, as the platform's
+    /// `without_interrupts` would keep it. Otherwise a thread could be preempted
+    /// holding this CPU's handler stack or a map's lock, and whoever waits for it
+    /// with interrupts off would spin for ever.
     #[unsafe(link_section = ".text.probeport")]
-    pub fn on_jump(&self, context: &mut ProbeContext) {
+    pub unsafe fn on_jump(&self, context: &mut ProbeContext) {
         let Some((cpu, nested)) = self.enter() else {
             return;
         };
@@ -884,7 +891,8 @@ impl<P: Platform> MarkerSink for Stub<P> {
 /// lives in a `static` for as long as the kernel runs).
 #[unsafe(link_section = ".text.probeport")]
 pub(crate) extern "sysv64" fn jump_entry<P: Platform>(context: &mut ProbeContext, stub: &Stub<P>) {
-    stub.on_jump(context);
+    // SAFETY: the detour calls this after `cli`, on the probed thread's CPU.
+    unsafe { stub.on_jump(context) };
 }
 
 /// The context of a register-based site: registers, `PC`, `FLAGS`, `PROBE`.

@@ -78,9 +78,11 @@ fn a_jump_replaces_the_breakpoint_and_runs_the_handler_without_a_trap() {
         "no breakpoint at the address any more"
     );
 
-    stub.on_jump(&mut detour_context(F, &[7]));
+    // SAFETY: the simulated platform has one thread and no interrupts.
+    unsafe { stub.on_jump(&mut detour_context(F, &[7])) };
     sim.set_cpu(1);
-    stub.on_jump(&mut detour_context(F, &[8]));
+    // SAFETY: the simulated platform has one thread and no interrupts.
+    unsafe { stub.on_jump(&mut detour_context(F, &[8])) };
     sim.set_cpu(0);
     client.drain();
     let words: Vec<_> = client.events.iter().map(|event| event.words()).collect();
@@ -228,7 +230,8 @@ fn a_thread_that_would_resume_inside_the_window_keeps_the_breakpoint() {
     sim.set_resume_points(&[]);
     client.done(RequestBody::Start);
     assert_eq!(sim.read(F, 1), [0xe9]);
-    stub.on_jump(&mut detour_context(F, &[4]));
+    // SAFETY: the simulated platform has one thread and no interrupts.
+    unsafe { stub.on_jump(&mut detour_context(F, &[4])) };
     client.done(RequestBody::Stop);
     client.drain();
     let words: Vec<_> = client.events.iter().map(|event| event.words()[0]).collect();

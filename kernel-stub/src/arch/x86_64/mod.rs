@@ -130,6 +130,16 @@ pub fn stack_pointer(regs: &TrapRegisters) -> u64 {
     regs.regs[RSP]
 }
 
+/// Whether `lahf`/`sahf` are valid in 64-bit mode (CPUID 8000_0001h ECX bit 0),
+/// which the jump probes' detours use when the CPU has them.
+pub fn has_lahf_sahf() -> bool {
+    use core::arch::x86_64::__cpuid;
+    // `cpuid` is unprivileged, changes nothing, and leaf 8000_0000h exists on
+    // every x86-64 CPU.
+    let highest = __cpuid(0x8000_0000).eax;
+    highest >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & 1 != 0
+}
+
 /// The probe-context slot of the frame pointer (RBP's DWARF number).
 pub const FRAME_POINTER_SLOT: usize = RBP;
 

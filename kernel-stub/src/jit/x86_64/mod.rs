@@ -26,8 +26,9 @@
 //! A helper call stores `helper | slot << 16` into [`JitEnv::call_site`], puts the
 //! environment in `r9` (the sixth argument) and calls [`JitEnv::dispatch`] through
 //! the environment (`aggregate`, the commonest call, goes straight to
-//! [`JitEnv::aggregate`]: the same checks and work without the dispatch). The dispatch function (Rust, see [`JitProgram`]) runs the
-//! interpreter's `call_helper` and returns the value for `r0` in `rax` and a trap
+//! [`JitEnv::aggregate`]: the same checks and work without the dispatch). The
+//! dispatch function (Rust, see [`JitProgram`]) runs the interpreter's
+//! `call_helper` (`aggregate`: the interpreter's `aggregate`) and returns the value for `r0` in `rax` and a trap
 //! flag in `rdx`; on a trap the code leaves at once through the epilogue, and the
 //! trap is in [`JitEnv::trap`]. The verifier treats `r1`–`r5` as clobbered by a
 //! call, so nothing needs saving around it.
@@ -188,6 +189,9 @@ fn emit_prologue(encoder: &mut Encoder<'_>, stack_words: u32) {
     encoder.alu_ri(Alu::Sub, Width::W64, Reg::Rsp, 8);
     encoder.mov_rr(Width::W64, ENV, Reg::Rdi);
     encoder.load64(REGISTERS[10], ENV, runtime::STACK_TOP_OFFSET);
+    // Before `r1` is loaded: the zeroing may use `rep stosq`, which takes rdi (r1),
+    // rcx (r4) and rax (r0), none of them holding anything yet; DF is clear, as
+    // the ABI has it on every call.
     encoder.zero_below(REGISTERS[10], stack_words);
     encoder.load64(REGISTERS[1], ENV, runtime::CONTEXT_OFFSET);
 }

@@ -4,11 +4,13 @@
 //!
 //! A run builds a [`JitEnv`] on the machine stack and calls the code with the
 //! environment's address; the code's prologue zeroes the handler-stack words the
-//! program may touch (as `interpreter::run_on_stack` does). Helper calls come back into Rust
-//! through [`dispatch`], monomorphised for the caller's [`Helpers`] type: it
-//! rebuilds the interpreter's view of memory from the environment and calls the
-//! interpreter's `call_helper`, so both executors check and translate helper
-//! arguments with the same code.
+//! program may touch (as `interpreter::run_on_stack` does). Helper calls come back
+//! into Rust through [`dispatch`], monomorphised for the caller's [`Helpers`]
+//! type: it rebuilds the interpreter's view of memory from the environment and
+//! calls the interpreter's `call_helper`, so both executors check and translate
+//! helper arguments with the same code. `aggregate` comes back through
+//! [`aggregate`] instead, which calls the interpreter's own `aggregate` (what
+//! `call_helper` calls for it) without the dispatch.
 //!
 //! # Invariants
 //!
