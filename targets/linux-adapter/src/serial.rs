@@ -83,8 +83,11 @@ pub fn serve(path: &Path, pmu: UprobePmu, config: &Config) -> io::Result<()> {
     eprintln!("probeport-linuxd: serving {}", path.display());
     loop {
         let began = Instant::now();
-        if let Err(cause) = serve_stream(&line, true, pmu, config) {
-            eprintln!("probeport-linuxd: session ended: {cause}");
+        // Said for every session, so whoever shares the machine with the line (a
+        // test's guest, say) can tell when the client is done with the port.
+        match serve_stream(&line, true, pmu, config) {
+            Ok(()) => eprintln!("probeport-linuxd: session ended"),
+            Err(cause) => eprintln!("probeport-linuxd: session ended: {cause}"),
         }
         // A line that reports end of file at once (a hang-up) is not spun on.
         if began.elapsed() < Duration::from_millis(100) {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::cli::{Run, relay};
 use common::{arm, program};
-use guest::{SHELL_HELPERS, initramfs, one_guest_at_a_time, tempdir, wait_console};
+use guest::{DAEMON_HELPERS, SHELL_HELPERS, initramfs, one_guest_at_a_time, tempdir, wait_console};
 use probe_port_protocol::message::{ProbeId, ReplyBody, RequestBody, Site};
 use qemu::linux::{DebianKernel, INIT_PROLOGUE, PASS_AND_EXIT};
 use userland_client::port::Port;
@@ -50,7 +50,7 @@ echo 0 > $t/events/kprobes/probeport_bare/enable
 echo \"bench bare hits: $(grep probeport_bare $t/kprobe_profile)\"
 echo '-:probeport_bare' >> $t/kprobe_events
 echo > $t/trace
-probeport-linuxd --serial /dev/ttyS1 &
+{DAEMON_HELPERS}daemon --serial /dev/ttyS1
 wait_until live 1 1200
 sleep 1
 echo \"bench empty handler: $(getppid_loop {CALLS} 0)\"
@@ -60,6 +60,7 @@ wait_until live 1 1200
 sleep 1
 echo \"bench count: $(getppid_loop {CALLS} 0)\"
 wait_until probes 0 1200
+wait_until ended 2 1200
 {PASS_AND_EXIT}
 "
     )

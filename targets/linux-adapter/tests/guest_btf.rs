@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use guest::{
-    guest_lines, initramfs_with, one_guest_at_a_time, static_c_program, tempdir, wait_console,
+    DAEMON_HELPERS, guest_lines, initramfs_with, one_guest_at_a_time, static_c_program, tempdir,
+    wait_console,
 };
 use lang::source::Sources;
 use qemu::linux::{DebianKernel, INIT_PROLOGUE, PASS_AND_EXIT};
@@ -50,11 +51,12 @@ probes() {{ grep -c openat $list; }}
 live() {{ grep openat $list | grep -vc DISABLED; }}
 wait_until() {{ n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1)); [ $n -lt $3 ] || {{ cat $list; fail \"$1 is $($1), not $2\"; }}; done; }}
 echo \"guest: kernel $(uname -r); $(grep -cw -e __x64_sys_openat -e do_sys_openat2 /proc/kallsyms) of the probed functions in kallsyms\"
-probeport-linuxd --serial /dev/ttyS1 &
+{DAEMON_HELPERS}daemon --serial /dev/ttyS1
 wait_until live 4 1200
 echo \"guest: live: $(grep openat $list | tr -s ' ' | tr '\\n' ';')\"
 openat_loop {OPENS} {PATH}
 wait_until probes 0 1200
+wait_until ended 1 1200
 echo \"guest: session over, kprobes on openat: $(probes)\"
 {PASS_AND_EXIT}
 "

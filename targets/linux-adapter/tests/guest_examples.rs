@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::cli::{Run, examples, relay};
-use guest::{initramfs_with, one_guest_at_a_time, tempdir, wait_console, workload};
+use guest::{DAEMON_HELPERS, initramfs_with, one_guest_at_a_time, tempdir, wait_console, workload};
 use qemu::linux::{DebianKernel, INIT_PROLOGUE, PASS_AND_EXIT};
 
 /// `getppid` calls of the counted workload.
@@ -31,8 +31,8 @@ fn init() -> String {
         "{INIT_PROLOGUE}
 fail() {{ echo \"VERDICT: FAIL $*\"; poweroff -f; }}
 echo 1 > /proc/sys/kernel/bpf_stats_enabled
-probeport-linuxd --serial /dev/ttyS1 &
-daemon=$!
+{DAEMON_HELPERS}daemon --serial /dev/ttyS1
+until daemon=$(pidof probeport-linuxd); do usleep 50000; done
 programs() {{ ls -l /proc/$daemon/fd 2>/dev/null | grep -c bpf-prog; }}
 running() {{ grep -h '^run_cnt' /proc/$daemon/fdinfo/* 2>/dev/null | grep -vc 'run_cnt:[[:space:]]*0$'; }}
 wait_for() {{ n=0; until eval \"$1\"; do usleep 50000; n=$((n+1)); [ $n -lt $2 ] || fail \"waiting for $1\"; done; }}
@@ -46,6 +46,7 @@ spin=$!
 echo \"guest: spinning\"
 wait_for '[ $(programs) -ge 1 ]' 4800
 wait_for '[ $(programs) = 0 ]' 4800
+wait_for '[ $(ended) = 2 ]' 4800
 kill $spin
 echo \"guest: profile session over\"
 {PASS_AND_EXIT}

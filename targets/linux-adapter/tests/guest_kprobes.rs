@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::{aggregate_map, arm, define, program, read_map};
-use guest::{guest_lines, initramfs, one_guest_at_a_time, tempdir, wait_console};
+use guest::{DAEMON_HELPERS, guest_lines, initramfs, one_guest_at_a_time, tempdir, wait_console};
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::maps::AggregateKind;
 use probe_port_protocol::message::{Capabilities, ReplyBody, RequestBody, Site};
@@ -39,16 +39,18 @@ wait_until() {{ n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1));
 pmu=/sys/bus/event_source/devices/kprobe
 echo \"guest: kprobe PMU type $(cat $pmu/type), retprobe $(cat $pmu/format/retprobe)\"
 echo \"guest: kernel $(uname -r), kprobes on getppid at boot: $(probes)\"
-probeport-linuxd --serial /dev/ttyS1 --lease-ms 3000 &
+{DAEMON_HELPERS}daemon --serial /dev/ttyS1 --lease-ms 3000
 wait_until live 2 300
 echo \"guest: live: $(grep sys_getppid $list | tr -s ' ' | tr '\\n' ';')\"
 getppid_loop {CALLS} {ARG}
 wait_until probes 0 1200
+wait_until ended 1 1200
 echo \"guest: first session over, kprobes on getppid: $(probes)\"
 wait_until live 1 1200
 getppid_loop 10 0
 echo \"guest: client gone quiet\"
 wait_until probes 0 300
+wait_until ended 2 300
 echo \"guest: after the silent client: $(probes) kprobes on getppid\"
 {PASS_AND_EXIT}
 "
@@ -303,10 +305,11 @@ list=/sys/kernel/debug/kprobes/list
 probes() {{ grep -c sys_getppid $list; }}
 live() {{ grep sys_getppid $list | grep -vc DISABLED; }}
 wait_until() {{ n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1)); [ $n -lt $3 ] || {{ cat $list; fail \"$1 is $($1), not $2\"; }}; done; }}
-probeport-linuxd --serial /dev/ttyS1 &
+{DAEMON_HELPERS}daemon --serial /dev/ttyS1
 wait_until live 3 1200
 getppid_loop {CALLS} {ARG}
 wait_until probes 0 1200
+wait_until ended 1 1200
 echo \"guest: session over, kprobes on getppid: $(probes)\"
 {PASS_AND_EXIT}
 "

@@ -177,6 +177,16 @@ pub fn one_guest_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// Shell functions for guest scripts: `probes` counts the kprobes on `getppid` in
 /// the kprobe list, `live` those enabled; `wait_until FUNCTION VALUE TENTHS` waits
 /// for a value (tenths of a second at most) or fails the run.
+/// Shell functions for a guest's `init`: `daemon ARGS` starts the daemon in the
+/// background with its messages both on the console and in a log, and `ended`
+/// counts the sessions it has ended. A guest waits for `ended` before it powers
+/// off: the kprobes leave at `Stop`, while the client may still be reading maps
+/// and saying goodbye over the port.
+pub const DAEMON_HELPERS: &str = "touch /tmp/daemon.log
+daemon() { probeport-linuxd \"$@\" 2>&1 | tee -a /tmp/daemon.log & }
+ended() { grep -c 'session ended' /tmp/daemon.log; }
+";
+
 pub const SHELL_HELPERS: &str = "fail() { echo \"VERDICT: FAIL $*\"; poweroff -f; }
 list=/sys/kernel/debug/kprobes/list
 probes() { grep -c sys_getppid $list; }
