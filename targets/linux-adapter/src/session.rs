@@ -715,17 +715,7 @@ impl Session {
             events.push(event);
             programs.push(program);
         }
-        let armed = Probe { events, programs };
-        if self.started
-            && let Err(cause) = armed.set_enabled(true)
-        {
-            return error_text(ErrorCode::UNSUPPORTED, &format!("enable: {cause}"));
-        }
-        self.next_probe += 1;
-        self.probes.insert(probe, armed);
-        Outcome::Body(ReplyBody::Armed {
-            probe: ProbeId(probe),
-        })
+        self.add_probe(probe, events, programs)
     }
 
     /// A kprobe (kretprobe with `is_return`) at `symbol + offset`, named for the
@@ -799,17 +789,7 @@ impl Session {
             events.push(event);
             programs.push(program);
         }
-        let armed = Probe { events, programs };
-        if self.started
-            && let Err(cause) = armed.set_enabled(true)
-        {
-            return error_text(ErrorCode::UNSUPPORTED, &format!("enable: {cause}"));
-        }
-        self.next_probe += 1;
-        self.probes.insert(probe, armed);
-        Outcome::Body(ReplyBody::Armed {
-            probe: ProbeId(probe),
-        })
+        self.add_probe(probe, events, programs)
     }
 
     /// `Symbolize`: the text symbol of `/proc/kallsyms` containing `address`.

@@ -10,18 +10,16 @@ mod common;
 mod guest;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use guest::{
-    DAEMON_HELPERS, guest_lines, initramfs_with, one_guest_at_a_time, static_c_program, tempdir,
-    wait_console,
+    DAEMON_HELPERS, guest_lines, initramfs_with, one_guest_at_a_time, run_script_until_workload,
+    static_c_program, tempdir, wait_console,
 };
-use lang::source::Sources;
 use qemu::linux::{DebianKernel, INIT_PROLOGUE, PASS_AND_EXIT};
 use userland_client::btf::source::{KernelBtf, KernelTypes};
 use userland_client::port::Port;
-use userland_client::session::{Output, OutputFormat, SessionOptions, run_user_space};
+use userland_client::session::SessionOptions;
 
 /// Opens the workload makes while the probes are live.
 const OPENS: u32 = 200;
@@ -114,46 +112,17 @@ fn typed_kernel_probes_from_the_guests_own_btf_in_debians_kernel() {
     let booted = started.elapsed();
 
     // The session ends when the guest's workload is done (Ctrl-C, as it were).
-    let stop = Arc::new(AtomicBool::new(false));
-    let console_path = qemu.console_path().to_path_buf();
-    let watcher = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            while Instant::now() < deadline {
-                let console = std::fs::read_to_string(&console_path).unwrap_or_default();
-                if console.contains("guest: workload") || console.contains("VERDICT") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
-    let mut sources = Sources::new();
-    sources.add_script("openat.probe", SCRIPT);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let mut output = Output {
-        out: &mut out,
-        err: &mut err,
-        format: OutputFormat::Text,
-    };
     let options = SessionOptions {
         kernel_types: Some(KernelTypes::File(Arc::new(btf))),
         ..SessionOptions::default()
     };
-    let summary = run_user_space(&mut port, &sources, &options, &mut output, &stop);
-    watcher.join().expect("the watcher");
-    let (out, err) = (
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
+    let (summary, out, err) = run_script_until_workload(
+        &qemu,
+        &mut port,
+        ("openat.probe", SCRIPT),
+        &options,
+        Duration::from_secs(180),
     );
-    let summary = summary.unwrap_or_else(|error| {
-        panic!(
-            "session: {error}\nout:\n{out}\nerr:\n{err}\nconsole:\n{}",
-            qemu.console()
-        )
-    });
     drop(port);
     let outcome = qemu.wait().unwrap_or_else(|error| panic!("{error}"));
     let console = &outcome.console;

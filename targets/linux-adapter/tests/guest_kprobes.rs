@@ -15,7 +15,10 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::{aggregate_map, arm, define, program, read_map};
-use guest::{DAEMON_HELPERS, guest_lines, initramfs, one_guest_at_a_time, tempdir, wait_console};
+use guest::{
+    DAEMON_HELPERS, guest_lines, initramfs, one_guest_at_a_time, run_script_until_workload,
+    tempdir, wait_console,
+};
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::maps::AggregateKind;
 use probe_port_protocol::message::{Capabilities, ReplyBody, RequestBody, Site};
@@ -332,11 +335,7 @@ probe kernel.function("__x64_sys_getppid").return {
 
 #[test]
 fn the_client_runs_a_script_on_kernel_functions_by_name_in_debians_kernel() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use lang::source::Sources;
-    use userland_client::session::{Output, OutputFormat, SessionOptions, run_user_space};
+    use userland_client::session::SessionOptions;
 
     let _guard = one_guest_at_a_time();
     let started = Instant::now();
@@ -351,48 +350,13 @@ fn the_client_runs_a_script_on_kernel_functions_by_name_in_debians_kernel() {
     let booted = started.elapsed();
 
     // The session ends when the guest's workload is done (Ctrl-C, as it were).
-    let stop = Arc::new(AtomicBool::new(false));
-    let console_path = qemu.console_path().to_path_buf();
-    let watcher = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while Instant::now() < deadline {
-                let console = std::fs::read_to_string(&console_path).unwrap_or_default();
-                if console.contains("guest: workload") || console.contains("VERDICT") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
-    let mut sources = Sources::new();
-    sources.add_script("getppid.probe", SCRIPT);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let mut output = Output {
-        out: &mut out,
-        err: &mut err,
-        format: OutputFormat::Text,
-    };
-    let summary = run_user_space(
+    let (summary, out, err) = run_script_until_workload(
+        &qemu,
         &mut port,
-        &sources,
+        ("getppid.probe", SCRIPT),
         &SessionOptions::default(),
-        &mut output,
-        &stop,
+        Duration::from_secs(120),
     );
-    watcher.join().expect("the watcher");
-    let (out, err) = (
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    );
-    let summary = summary.unwrap_or_else(|error| {
-        panic!(
-            "session: {error}\nout:\n{out}\nerr:\n{err}\nconsole:\n{}",
-            qemu.console()
-        )
-    });
     drop(port);
     let outcome = qemu.wait().unwrap_or_else(|error| panic!("{error}"));
     for line in guest_lines(&outcome.console) {

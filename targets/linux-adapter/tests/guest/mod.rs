@@ -193,3 +193,59 @@ probes() { grep -c sys_getppid $list; }
 live() { grep sys_getppid $list | grep -vc DISABLED; }
 wait_until() { n=0; until [ \"$($1)\" = \"$2\" ]; do usleep 100000; n=$((n+1)); [ $n -lt $3 ] || { cat $list; fail \"$1 is $($1), not $2\"; }; done; }
 ";
+
+/// Runs the script `text` (named `name`) through the client library on `port`,
+/// as a user would with no kernel image, and ends it as Ctrl-C would once the
+/// guest's console says `guest: workload` or gives a verdict (or after `within`).
+/// Returns the session's summary and what it printed on its output and error
+/// streams; panics with the console if the session failed.
+pub fn run_script_until_workload(
+    qemu: &qemu::Qemu,
+    port: &mut userland_client::port::Port<std::os::unix::net::UnixStream>,
+    (name, text): (&str, &str),
+    options: &userland_client::session::SessionOptions,
+    within: Duration,
+) -> (userland_client::session::Summary, String, String) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use userland_client::session::{Output, OutputFormat, run_user_space};
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let console_path = qemu.console_path().to_path_buf();
+    let watcher = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                let console = std::fs::read_to_string(&console_path).unwrap_or_default();
+                if console.contains("guest: workload") || console.contains("VERDICT") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut sources = lang::source::Sources::new();
+    sources.add_script(name, text);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut output = Output {
+        out: &mut out,
+        err: &mut err,
+        format: OutputFormat::Text,
+    };
+    let summary = run_user_space(port, &sources, options, &mut output, &stop);
+    watcher.join().expect("the watcher");
+    let (out, err) = (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    );
+    let summary = summary.unwrap_or_else(|error| {
+        panic!(
+            "session: {error}\nout:\n{out}\nerr:\n{err}\nconsole:\n{}",
+            qemu.console()
+        )
+    });
+    (summary, out, err)
+}
