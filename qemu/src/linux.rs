@@ -42,8 +42,16 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 
 /// The end of a guest script that passed: the verdict line, then 0x10 to
 /// `isa-debug-exit` (port 0xf4 = 244) through `/dev/port`.
-pub const PASS_AND_EXIT: &str =
-    "echo 'VERDICT: PASS'; printf '\\020' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null";
+///
+/// Between the two it waits for the console's UART to have sent the line: `echo`
+/// returns once the kernel has the bytes, and QEMU exits at once on the port
+/// write, so a line still in the serial driver's buffer would be lost. It waits
+/// until the transmit count of `ttyS0` in `/proc/tty/driver/serial` stops
+/// changing (at most a second).
+pub const PASS_AND_EXIT: &str = "echo 'VERDICT: PASS'
+sent=; for poll in 1 2 3 4 5 6 7 8 9 10; do now=$(grep '^0:' /proc/tty/driver/serial); \
+[ \"$now\" = \"$sent\" ] && break; sent=$now; usleep 100000; done
+printf '\\020' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null";
 
 /// The first lines of every guest `/init`: busybox's applets, `/proc`, `/sys`,
 /// `/dev`, tracefs and debugfs mounted.
