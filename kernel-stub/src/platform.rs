@@ -165,6 +165,19 @@ pub trait Platform: Sync {
         0..0
     }
 
+    /// Whether the stub may interpret handlers. `true` (the default): a program
+    /// that does not compile, or whose code finds no room in
+    /// [`Platform::compiled_code_area`], runs in the interpreter. `false`, for a
+    /// platform with a compiled-code area: every handler runs compiled and the
+    /// kernel links no interpreter; arming a probe whose programs do not compile is
+    /// refused with [`ErrorCode::UNSUPPORTED`] and, when their code does not fit in
+    /// the area (or cannot be written there), with [`ErrorCode::NO_SPACE`], both
+    /// with the text detail `"compiled code"`.
+    ///
+    /// [`ErrorCode::UNSUPPORTED`]: probe_port_protocol::error::ErrorCode::UNSUPPORTED
+    /// [`ErrorCode::NO_SPACE`]: probe_port_protocol::error::ErrorCode::NO_SPACE
+    const INTERPRETER: bool = true;
+
     /// Runs `f` with interrupts disabled on the current CPU, then restores the
     /// previous state (so calls nest, and a call with interrupts already off
     /// leaves them off). The session holds the locks that probe context also

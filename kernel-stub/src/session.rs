@@ -1087,31 +1087,45 @@ impl<P: Platform> Stub<P> {
             entry_stack_depth: depths[1],
             ..ProbeData::default()
         };
-        if let Some((len, entry_offset)) = compiled {
-            self.place_code(
+        let placed = match compiled {
+            Some((len, entry_offset)) => self.place_code(
                 &mut session.ranges,
                 &mut data,
                 &compiler.code[..len],
                 entry_offset,
-            );
+            ),
+            None if !P::INTERPRETER => {
+                return Err(ErrorReply::with(
+                    ErrorCode::UNSUPPORTED,
+                    ErrorDetail::Text("compiled code"),
+                ));
+            }
+            None => true,
+        };
+        if !placed && !P::INTERPRETER {
+            return Err(ErrorReply::with(
+                ErrorCode::NO_SPACE,
+                ErrorDetail::Text("compiled code area"),
+            ));
         }
         Ok(data)
     }
 
     /// Copies a probe's compiled code into the platform's compiled-code area (first
-    /// fit between the code of armed probes) and records it in `data`; without
-    /// room or a way to write, the probe's programs are interpreted.
+    /// fit between the code of armed probes) and records it in `data`. Returns
+    /// whether it did; without room or a way to write, the probe's programs are
+    /// interpreted, or refused on a platform without the interpreter.
     fn place_code(
         &self,
         used: &mut [(u32, u32); MAX_PROBES],
         data: &mut ProbeData,
         code: &[u8],
         entry_offset: usize,
-    ) {
+    ) -> bool {
         let area = self.platform.compiled_code_area();
         let capacity = area.end.saturating_sub(area.start) as usize;
         if code.is_empty() || capacity == 0 {
-            return;
+            return false;
         }
         let mut count = 0;
         for (_, armed) in self.probes.armed() {
@@ -1123,17 +1137,19 @@ impl<P: Platform> Stub<P> {
             }
         }
         let Some(start) = first_fit(&mut used[..count], code.len(), capacity, CODE_ALIGN) else {
-            return;
+            return false;
         };
         if self
             .platform
             .write_text(area.start + start as u64, code)
-            .is_ok()
+            .is_err()
         {
-            data.code_start = start as u32;
-            data.code_len = code.len() as u32;
-            data.entry_code_offset = entry_offset as u32;
+            return false;
         }
+        data.code_start = start as u32;
+        data.code_len = code.len() as u32;
+        data.entry_code_offset = entry_offset as u32;
+        true
     }
 
     /// First fit in the program arena between the ranges of armed probes.

@@ -796,13 +796,16 @@ impl<P: Platform> Stub<P> {
                     unsafe { JitProgram::new(code as *const u8, usize::from(stack_depth)) };
                 program.run(context, &mut executor, stack)
             }
-            None => interpreter::run_on_stack(
+            None if P::INTERPRETER => interpreter::run_on_stack(
                 program,
                 context,
                 &mut executor,
                 stack,
                 usize::from(stack_depth),
             ),
+            // Not reached: without the interpreter, arming refuses a probe
+            // whose programs are not compiled and placed (`stage_programs`).
+            None => return,
         };
         if let Err(trap) = result {
             let address = match trap.kind {

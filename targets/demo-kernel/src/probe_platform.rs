@@ -595,6 +595,9 @@ impl Platform for DemoPlatform {
         compiled_handlers::range()
     }
 
+    // Every handler runs compiled: the kernel links no interpreter.
+    const INTERPRETER: bool = false;
+
     #[unsafe(link_section = ".text.probeport_forbidden")]
     fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
         let flags: u64;
