@@ -954,10 +954,28 @@ fn map_of<H: Helpers + ?Sized>(helpers: &H, r1: u64) -> Result<(MapId, MapSpec),
 /// `r1`–`r5` keep their values; the verifier treats them as clobbered, so no
 /// program may rely on that. Out of line: calls are rare next to arithmetic, and
 /// keeping them out of the loop keeps the loop small. The JIT's helper dispatch
-/// calls this same function (and, for `aggregate`, the same [`aggregate`]), so
+/// calls [`call_other_helper`], what this does for every helper but `aggregate`
+/// (compiled code calls `aggregate` directly, through the same [`aggregate`]), so
 /// helper semantics are the interpreter's in both.
 #[inline(never)]
 pub(crate) fn call_helper<H: Helpers + ?Sized>(
+    id: i32,
+    args: &[u64; 5],
+    memory: &mut Memory<'_, '_>,
+    helpers: &mut H,
+) -> Result<u64, TrapKind> {
+    if id == Helper::Aggregate as i32 {
+        let [r1, r2, r3, ..] = *args;
+        return aggregate(r1, r2, r3, memory, helpers);
+    }
+    call_other_helper(id, args, memory, helpers)
+}
+
+/// [`call_helper`] for every helper but `aggregate`, which it treats as unknown:
+/// its callers call [`aggregate`] themselves (so a kernel that runs only compiled
+/// code has one copy of it, the JIT's).
+#[inline(never)]
+pub(crate) fn call_other_helper<H: Helpers + ?Sized>(
     id: i32,
     args: &[u64; 5],
     memory: &mut Memory<'_, '_>,
@@ -1079,7 +1097,6 @@ pub(crate) fn call_helper<H: Helpers + ?Sized>(
                 error(helper_error::ENOENT)
             }
         }
-        Helper::Aggregate => return aggregate(r1, r2, r3, memory, helpers),
         Helper::EntrySave => {
             let slot = usize::try_from(r1).ok().filter(|slot| *slot < ENTRY_SLOTS);
             let Some(slot) = slot else {

@@ -722,7 +722,7 @@ fn every_function_armed_at_once_refused_precisely_and_counted_exactly() {
     let mut armed = BTreeMap::new();
     let mut refused: BTreeMap<ErrorCode, Vec<String>> = BTreeMap::new();
     // A handler that calls a helper through the JIT's general dispatch, so the
-    // interpreter's `call_helper` (ordinary, probe-able kernel text) runs inside
+    // interpreter's `call_other_helper` (ordinary, probe-able kernel text) runs inside
     // every handler: its own probe is hit re-entered.
     let handler = program("call cpu\nmov64 r0, 0\nexit");
     for (&address, names) in &functions {

@@ -12,10 +12,10 @@
 //!   compile, so every direct load and store is proven in bounds and the code
 //!   needs no run-time checks for them (the interpreter's checks never fire for
 //!   such programs either);
-//! - every helper call leaves the compiled code through one dispatch function
+//! - every helper call leaves the compiled code through a dispatch function
 //!   written in Rust, which runs the interpreter's own argument checking and
-//!   translation (`interpreter::call_helper`), so helper semantics are shared, not
-//!   reimplemented;
+//!   translation (`interpreter::call_other_helper`, or for `aggregate`
+//!   `interpreter::aggregate`), so helper semantics are shared, not reimplemented;
 //! - everything else (division by zero, `INT_MIN / -1`, shift masking, 32-bit
 //!   zero-extension, byte swaps, sign extension) is spelled out instruction by
 //!   instruction and checked differentially against the interpreter by the tests

@@ -28,8 +28,8 @@
 //! the environment (`aggregate`, the commonest call, goes straight to
 //! [`JitEnv::aggregate`]: the same checks and work without the dispatch). The
 //! dispatch function (Rust, see [`JitProgram`]) runs the interpreter's
-//! `call_helper` (`aggregate`: the interpreter's `aggregate`) and returns the value for `r0` in `rax` and a trap
-//! flag in `rdx`; on a trap the code leaves at once through the epilogue, and the
+//! `call_other_helper` (`aggregate`: the interpreter's `aggregate`) and returns
+//! the value for `r0` in `rax` and a trap flag in `rdx`; on a trap the code leaves at once through the epilogue, and the
 //! trap is in [`JitEnv::trap`]. The verifier treats `r1`–`r5` as clobbered by a
 //! call, so nothing needs saving around it.
 //!

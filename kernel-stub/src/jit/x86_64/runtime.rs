@@ -7,10 +7,11 @@
 //! program may touch (as `interpreter::run_on_stack` does). Helper calls come back
 //! into Rust through [`dispatch`], monomorphised for the caller's [`Helpers`]
 //! type: it rebuilds the interpreter's view of memory from the environment and
-//! calls the interpreter's `call_helper`, so both executors check and translate
-//! helper arguments with the same code. `aggregate` comes back through
-//! [`aggregate`] instead, which calls the interpreter's own `aggregate` (what
-//! `call_helper` calls for it) without the dispatch.
+//! calls the interpreter's `call_other_helper` (`call_helper`'s body for every
+//! helper but `aggregate`), so both executors check and translate helper
+//! arguments with the same code. `aggregate` comes back through [`aggregate`]
+//! instead, which calls the interpreter's own `aggregate` (what `call_helper`
+//! calls for it) without the dispatch.
 //!
 //! # Invariants
 //!
@@ -28,7 +29,7 @@ use core::mem::offset_of;
 use probe_port_protocol::context::ProbeContext;
 use probe_port_protocol::isa::STACK_SIZE;
 
-use crate::interpreter::{self, Helpers, Memory, Trap, TrapKind, call_helper};
+use crate::interpreter::{self, Helpers, Memory, Trap, TrapKind, call_other_helper};
 
 /// The helper-dispatch function the compiled code calls: `r1`–`r5` in the first
 /// five argument registers, the environment in the sixth.
@@ -112,7 +113,7 @@ unsafe extern "sysv64" fn dispatch<H: Helpers + ?Sized>(
     // SAFETY: the caller's contract.
     unsafe {
         with_memory::<H>(env, |memory, helpers, helper| {
-            call_helper(helper, &[r1, r2, r3, r4, r5], memory, helpers)
+            call_other_helper(helper, &[r1, r2, r3, r4, r5], memory, helpers)
         })
     }
 }
