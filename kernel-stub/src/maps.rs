@@ -253,6 +253,14 @@ impl MapStore {
         vacancy.map_or(Search::Exhausted, Search::Vacant)
     }
 
+    /// [`MapStore::search`] out of line, for every caller but the aggregation's
+    /// hit path: one copy of the search for them all.
+    #[inline(never)]
+    #[unsafe(link_section = ".text.probeport")]
+    fn search_shared(&self, layout: &MapLayout, table: usize, key: &[u8]) -> Search {
+        self.search(layout, table, key)
+    }
+
     // ------------------------------------------------------------------------
     // Hash maps (probe context and session, under the map's lock).
 
@@ -269,7 +277,7 @@ impl MapStore {
         let Some(_guard) = self.slot(slot).lock.lock(cpu) else {
             return false;
         };
-        match self.search(layout, 0, key) {
+        match self.search_shared(layout, 0, key) {
             Search::Found(bucket) => {
                 let at = layout.bucket(0, bucket) + 1 + layout.key_words;
                 self.read_bytes(at, value);
@@ -293,7 +301,7 @@ impl MapStore {
         let Some(_guard) = map.lock.lock(cpu) else {
             return Err(Full);
         };
-        let bucket = match self.search(layout, 0, key) {
+        let bucket = match self.search_shared(layout, 0, key) {
             Search::Found(bucket) => bucket,
             Search::Vacant(bucket)
                 if map.counts[0].load(Ordering::Relaxed) < layout.spec.max_entries =>
@@ -317,7 +325,7 @@ impl MapStore {
         let Some(_guard) = map.lock.lock(cpu) else {
             return false;
         };
-        match self.search(layout, 0, key) {
+        match self.search_shared(layout, 0, key) {
             Search::Found(bucket) => {
                 self.word(layout.bucket(0, bucket))
                     .store(DELETED, Ordering::Release);
@@ -565,7 +573,7 @@ impl MapStore {
                     self.read_bytes(at + 1, key);
                     // The entry was written at the first table that holds the key.
                     let earlier = (0..table)
-                        .any(|other| matches!(self.search(layout, other, key), Search::Found(_)));
+                        .any(|other| matches!(self.search_shared(layout, other, key), Search::Found(_)));
                     if earlier {
                         continue;
                     }
@@ -576,7 +584,7 @@ impl MapStore {
                     let (key_out, values) = entry.split_at_mut(key_size);
                     key_out.copy_from_slice(key);
                     for (table, value_out) in values.chunks_mut(value_size.max(1)).enumerate() {
-                        match self.search(layout, table, key) {
+                        match self.search_shared(layout, table, key) {
                             Search::Found(bucket) => {
                                 let at = layout.bucket(table, bucket) + 1 + layout.key_words;
                                 self.read_bytes(at, value_out);
