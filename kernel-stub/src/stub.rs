@@ -959,6 +959,14 @@ impl<'s, P: Platform> Executor<'s, '_, P> {
         Some((slot, layout))
     }
 
+    /// [`Executor::find_map`] out of line, for the map helpers off the
+    /// aggregation's hit path: one copy of the directory search for them all.
+    #[inline(never)]
+    #[unsafe(link_section = ".text.probeport")]
+    fn find_map_shared(&self, map: MapId) -> Option<(usize, &'s MapLayout)> {
+        self.find_map(map)
+    }
+
     fn fault(&self, fault: Fault) -> Fault {
         self.stub
             .count_fault(self.cpu, self.probe, Some(fault.address));
@@ -1042,13 +1050,13 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
 
     #[unsafe(link_section = ".text.probeport")]
     fn map_lookup(&mut self, map: MapId, key: &[u8], value: &mut [u8]) -> bool {
-        self.find_map(map)
+        self.find_map_shared(map)
             .is_some_and(|(slot, layout)| self.stub.maps.lookup(slot, layout, key, value, self.cpu))
     }
 
     #[unsafe(link_section = ".text.probeport")]
     fn map_update(&mut self, map: MapId, key: &[u8], value: &[u8]) -> Result<(), Full> {
-        let result = match self.find_map(map) {
+        let result = match self.find_map_shared(map) {
             Some((slot, layout)) => self.stub.maps.update(slot, layout, key, value, self.cpu),
             None => Err(Full),
         };
@@ -1059,7 +1067,7 @@ impl<P: Platform> Helpers for Executor<'_, '_, P> {
     }
 
     fn map_delete(&mut self, map: MapId, key: &[u8]) -> bool {
-        self.find_map(map)
+        self.find_map_shared(map)
             .is_some_and(|(slot, layout)| self.stub.maps.delete(slot, layout, key, self.cpu))
     }
 
