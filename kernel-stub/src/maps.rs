@@ -572,8 +572,9 @@ impl MapStore {
                     }
                     self.read_bytes(at + 1, key);
                     // The entry was written at the first table that holds the key.
-                    let earlier = (0..table)
-                        .any(|other| matches!(self.search_shared(layout, other, key), Search::Found(_)));
+                    let earlier = (0..table).any(|other| {
+                        matches!(self.search_shared(layout, other, key), Search::Found(_))
+                    });
                     if earlier {
                         continue;
                     }
