@@ -208,19 +208,19 @@ pub(crate) fn build(
     out.rsp_relative(true, 0, PC);
     // xor eax, eax; lea rdi, [rsp + 8 * ZEROED]; mov [rdi + 8 * n], rax for every
     // later slot: one-byte displacements (rdi is set again below).
-    out.push(&[0x31, 0xc0]);
-    out.push(&[0x48, 0x8d, 0xbc, 0x24]);
-    out.push(&((8 * ZEROED) as u32).to_le_bytes());
+    const ZERO_RAX_POINT_RDI: [u8; 10] = join(&[
+        &[0x31, 0xc0, 0x48, 0x8d, 0xbc, 0x24],
+        &((8 * ZEROED) as u32).to_le_bytes(),
+    ]);
+    out.push(&ZERO_RAX_POINT_RDI);
     for zeroed in 0..CONTEXT_SLOTS - ZEROED {
         out.push(&[0x48, 0x89, 0x47, (8 * zeroed) as u8]);
     }
     out.push(&[0x48, 0x89, 0xe7]); // mov rdi, rsp
     out.mov_imm64(6, cookie); // mov rsi, cookie
-    out.push(&[0x48, 0x89, 0xe3]); // mov rbx, rsp
-    out.push(&[0x48, 0x83, 0xe4, 0xf0]); // and rsp, -16
+    out.push(&[0x48, 0x89, 0xe3, 0x48, 0x83, 0xe4, 0xf0]); // mov rbx, rsp; and rsp, -16
     out.mov_imm64(0, entry);
-    out.push(&[0xff, 0xd0]); // call rax
-    out.push(&[0x48, 0x89, 0xdc]); // mov rsp, rbx
+    out.push(&[0xff, 0xd0, 0x48, 0x89, 0xdc]); // call rax; mov rsp, rbx
     restore_flags(&mut out, arch::has_lahf_sahf(), 0, &[0xfb]);
     for (dwarf, &register) in X86_NUMBER.iter().enumerate() {
         if dwarf != RSP {
@@ -295,50 +295,80 @@ const ARITHMETIC: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x800;
 /// say) takes `popfq`. `check_ignores` are flags the check does not compare (0;
 /// the native tests, which run with IF set, ignore IF).
 fn restore_flags(out: &mut Emitter, lahf_sahf: bool, check_ignores: u32, enable_interrupts: &[u8]) {
-    let flags = FLAGS as u32;
-    let flags_byte_1 = flags + 1;
+    // The constant runs of code are spelled out at compile time, one push each.
+    const FLAGS_32: [u8; 4] = (FLAGS as u32).to_le_bytes();
+    const FLAGS_BYTE_1: [u8; 4] = (FLAGS as u32 + 1).to_le_bytes();
     // push qword [rsp + FLAGS]; popfq
-    let mut exact = Emitter::new();
-    exact.push(&[0xff, 0xb4, 0x24]);
-    exact.push(&flags.to_le_bytes());
-    exact.push(&[0x9d]);
+    const EXACT: [u8; 8] = join(&[&[0xff, 0xb4, 0x24], &FLAGS_32, &[0x9d]]);
+    const TEST_DF_THEN_IF: [u8; 19] = join(&[
+        // test byte [rsp + FLAGS + 1], 0x04 (DF: bit 10); jz +1; std
+        &[0xf6, 0x84, 0x24],
+        &FLAGS_BYTE_1,
+        &[0x04, 0x74, 0x01, 0xfd],
+        // test byte [rsp + FLAGS + 1], 0x02 (IF: bit 9)
+        &[0xf6, 0x84, 0x24],
+        &FLAGS_BYTE_1,
+        &[0x02],
+    ]);
+    const OVERFLOW_THEN_SAHF: [u8; 22] = join(&[
+        // mov al, [rsp + FLAGS + 1]
+        &[0x8a, 0x84, 0x24],
+        &FLAGS_BYTE_1,
+        // and al, 8 (OF: bit 11); shl al, 4; add al, 0x80: -128 + -128
+        // overflows, 0 + -128 does not.
+        &[0x24, 0x08, 0xc0, 0xe0, 0x04, 0x04, 0x80],
+        // mov ah, [rsp + FLAGS]; sahf: SF, ZF, AF, PF, CF
+        &[0x8a, 0xa4, 0x24],
+        &FLAGS_32,
+        &[0x9e],
+    ]);
+    const COMPARE: [u8; 22] = join(&[
+        // pushfq; pop rax: the flags now
+        &[0x9c, 0x58],
+        // mov rcx, [rsp + FLAGS]: the flags saved
+        &[0x48, 0x8b, 0x8c, 0x24],
+        &FLAGS_32,
+        // and rcx, !CLEARED: as the detour left them
+        &[0x48, 0x81, 0xe1],
+        &(!CLEARED).to_le_bytes(),
+        // xor rax, rcx; test rax, (the immediate follows)
+        &[0x48, 0x31, 0xc8, 0x48, 0xa9],
+    ]);
     if !lahf_sahf {
-        out.push(exact.bytes());
+        out.push(&EXACT);
         return;
     }
 
     let mut fast = Emitter::new();
-    let test_byte_1 = |fast: &mut Emitter, mask: u8| {
-        fast.push(&[0xf6, 0x84, 0x24]); // test byte [rsp + FLAGS + 1], mask
-        fast.push(&flags_byte_1.to_le_bytes());
-        fast.push(&[mask]);
-    };
-    test_byte_1(&mut fast, 0x04); // DF: bit 10
-    fast.push(&[0x74, 0x01, 0xfd]); // jz +1; std
-    test_byte_1(&mut fast, 0x02); // IF: bit 9
+    fast.push(&TEST_DF_THEN_IF);
     fast.push(&[0x74, enable_interrupts.len() as u8]); // jz past
     fast.push(enable_interrupts);
-    fast.push(&[0x8a, 0x84, 0x24]); // mov al, [rsp + FLAGS + 1]
-    fast.push(&flags_byte_1.to_le_bytes());
-    // and al, 8 (OF: bit 11); shl al, 4; add al, 0x80: -128 + -128 overflows,
-    // 0 + -128 does not.
-    fast.push(&[0x24, 0x08, 0xc0, 0xe0, 0x04, 0x04, 0x80]);
-    fast.push(&[0x8a, 0xa4, 0x24]); // mov ah, [rsp + FLAGS]
-    fast.push(&flags.to_le_bytes());
-    fast.push(&[0x9e]); // sahf: SF, ZF, AF, PF, CF
-    fast.push(&[0xeb, exact.len as u8]); // jmp past the exact restore
+    fast.push(&OVERFLOW_THEN_SAHF);
+    fast.push(&[0xeb, EXACT.len() as u8]); // jmp past the exact restore
 
-    out.push(&[0x9c, 0x58]); // pushfq; pop rax: the flags now
-    out.push(&[0x48, 0x8b, 0x8c, 0x24]); // mov rcx, [rsp + FLAGS]: the flags saved
-    out.push(&flags.to_le_bytes());
-    out.push(&[0x48, 0x81, 0xe1]); // and rcx, !CLEARED: as the detour left them
-    out.push(&(!CLEARED).to_le_bytes());
-    out.push(&[0x48, 0x31, 0xc8]); // xor rax, rcx
-    out.push(&[0x48, 0xa9]); // test rax, !(ARITHMETIC | check_ignores)
-    out.push(&(!(ARITHMETIC | check_ignores)).to_le_bytes());
+    out.push(&COMPARE);
+    out.push(&(!(ARITHMETIC | check_ignores)).to_le_bytes()); // test rax, !(ARITHMETIC | check_ignores)
     out.push(&[0x75, fast.len as u8]); // jnz to the exact restore
     out.push(fast.bytes());
-    out.push(exact.bytes());
+    out.push(&EXACT);
+}
+
+/// The concatenation of `parts`, which must be `N` bytes in all (at compile time).
+const fn join<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
+    let mut out = [0; N];
+    let mut at = 0;
+    let mut part = 0;
+    while part < parts.len() {
+        let mut index = 0;
+        while index < parts[part].len() {
+            out[at] = parts[part][index];
+            at += 1;
+            index += 1;
+        }
+        part += 1;
+    }
+    assert!(at == N, "the parts are not N bytes");
+    out
 }
 
 /// Whether `bytes` (one instruction) is an indirect `call` or `jmp` (`FF /2../5`),
