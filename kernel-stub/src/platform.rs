@@ -169,10 +169,11 @@ pub trait Platform: Sync {
     /// that does not compile, or whose code finds no room in
     /// [`Platform::compiled_code_area`], runs in the interpreter. `false`, for a
     /// platform with a compiled-code area: every handler runs compiled and the
-    /// kernel links no interpreter; arming a probe whose programs do not compile is
-    /// refused with [`ErrorCode::UNSUPPORTED`] and, when their code does not fit in
-    /// the area (or cannot be written there), with [`ErrorCode::NO_SPACE`], both
-    /// with the text detail `"compiled code"`.
+    /// kernel links no interpreter; arming a probe whose programs do not compile
+    /// (or any probe, if the area is empty) is refused with
+    /// [`ErrorCode::UNSUPPORTED`] and the text detail `"compiled code"`, and one
+    /// whose code does not fit in the area (or cannot be written there) with
+    /// [`ErrorCode::NO_SPACE`] and `"compiled code area"`.
     ///
     /// [`ErrorCode::UNSUPPORTED`]: probe_port_protocol::error::ErrorCode::UNSUPPORTED
     /// [`ErrorCode::NO_SPACE`]: probe_port_protocol::error::ErrorCode::NO_SPACE

@@ -8,6 +8,7 @@
 //! or an emulated target).
 #![allow(
     dead_code,
+    unused_macros,
     reason = "each test binary uses a different part of the harness"
 )]
 
@@ -606,26 +607,42 @@ impl OwnedEvent {
     }
 }
 
-/// A client talking to a stub through `Stub::handle`.
-pub(crate) struct Client {
-    pub(crate) stub: &'static Stub<Sim>,
+/// A client talking to a stub through `Stub::handle` (of the simulated
+/// platform, or of another test's).
+pub(crate) struct Client<P: Platform + 'static = Sim> {
+    pub(crate) stub: &'static Stub<P>,
     next_seq: u32,
     pub(crate) events: Vec<OwnedEvent>,
     pub(crate) losses: Vec<LostEvents>,
 }
 
-impl Client {
-    pub(crate) fn new(stub: &'static Stub<Sim>) -> Self {
+impl Client<Sim> {
+    pub(crate) fn sim(&self) -> &'static Sim {
+        self.stub.platform()
+    }
+
+    /// Arms a dynamic probe with the right expected bytes; returns its number.
+    pub(crate) fn arm_dynamic(&mut self, address: u64, program: &[u8]) -> u32 {
+        let expected = self.sim().read(address, 1);
+        self.arm(
+            Site::Dynamic {
+                address,
+                expected: &expected,
+            },
+            program,
+        )
+        .probe()
+    }
+}
+
+impl<P: Platform> Client<P> {
+    pub(crate) fn new(stub: &'static Stub<P>) -> Self {
         Self {
             stub,
             next_seq: 1,
             events: Vec::new(),
             losses: Vec::new(),
         }
-    }
-
-    pub(crate) fn sim(&self) -> &'static Sim {
-        self.stub.platform()
     }
 
     /// Collects a message; returns it if it is a reply.
@@ -696,19 +713,6 @@ impl Client {
 
     pub(crate) fn arm(&mut self, site: Site<'_>, program: &[u8]) -> Reply {
         self.send(RequestBody::Arm(ArmRequest { site, program }))
-    }
-
-    /// Arms a dynamic probe with the right expected bytes; returns its number.
-    pub(crate) fn arm_dynamic(&mut self, address: u64, program: &[u8]) -> u32 {
-        let expected = self.sim().read(address, 1);
-        self.arm(
-            Site::Dynamic {
-                address,
-                expected: &expected,
-            },
-            program,
-        )
-        .probe()
     }
 
     pub(crate) fn drain(&mut self) {
