@@ -80,10 +80,7 @@ impl Target for Serial {
                 )
             })?;
         set_raw(&file)?;
-        Ok(Box::new(SerialStream {
-            file,
-            timeout: None,
-        }))
+        Ok(Box::new(SerialStream::new(file)))
     }
 }
 
@@ -110,10 +107,23 @@ fn set_raw(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// A serial device with read timeouts (through `poll`).
-struct SerialStream {
+/// A serial device (or the master side of a pseudo-terminal) with read timeouts
+/// through `poll`.
+#[derive(Debug)]
+pub struct SerialStream {
     file: File,
     timeout: Option<Duration>,
+}
+
+impl SerialStream {
+    /// The stream of `file`, an open terminal left as it is set up (`open` puts a
+    /// device in raw mode first); reads block until a timeout is set.
+    pub fn new(file: File) -> Self {
+        SerialStream {
+            file,
+            timeout: None,
+        }
+    }
 }
 
 impl Read for SerialStream {

@@ -5,56 +5,14 @@
 mod common;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use probe_port_protocol::error::ErrorCode;
 use probe_port_protocol::message::{ReplyBody, RequestBody};
-use userland_client::port::{Port, TimedRead};
-
-/// The master side of a pseudo-terminal, with read timeouts through `poll`.
-struct Master {
-    file: File,
-    timeout: Option<Duration>,
-}
-
-impl Read for Master {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        if let Some(timeout) = self.timeout {
-            let mut descriptor = libc::pollfd {
-                fd: self.file.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: one valid pollfd.
-            match unsafe { libc::poll(&mut descriptor, 1, millis) } {
-                0 => return Err(io::ErrorKind::WouldBlock.into()),
-                n if n < 0 => return Err(io::Error::last_os_error()),
-                _ => {}
-            }
-        }
-        self.file.read(buffer)
-    }
-}
-
-impl Write for Master {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.file.write(bytes)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl TimedRead for Master {
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.timeout = timeout;
-        Ok(())
-    }
-}
+use userland_client::port::Port;
+use userland_client::target::SerialStream;
 
 /// A pseudo-terminal: its master and the slave's path.
 fn pseudo_terminal() -> (File, String) {
@@ -83,7 +41,7 @@ impl Drop for Daemon {
     }
 }
 
-fn hello(port: &mut Port<Master>) {
+fn hello(port: &mut Port<SerialStream>) {
     let reply = port.hello("serial test").expect("hello answered");
     match reply.ok().expect("hello accepted") {
         ReplyBody::Hello(hello) => {
@@ -106,10 +64,7 @@ fn sessions_follow_one_another_on_a_serial_line_and_garbage_is_skipped() {
     );
     // The daemon flushes the line when it opens it: wait until it has.
     std::thread::sleep(Duration::from_millis(500));
-    let mut port = Port::new(Master {
-        file: master,
-        timeout: None,
-    });
+    let mut port = Port::new(SerialStream::new(master));
     port.set_timeout(Duration::from_secs(10));
 
     // A first session, ended by Goodbye.
