@@ -132,26 +132,20 @@ fn function_arguments_and_every_aggregation_are_exact() {
     port.request(RequestBody::Goodbye).unwrap().ok().unwrap();
 }
 
-/// Merges per-CPU values as the client does.
+/// Merges per-CPU values with the client's own merge.
 fn merge(spec: &probe_port_protocol::maps::MapSpec, per_cpu: &[Vec<u64>]) -> Vec<u64> {
     let probe_port_protocol::maps::MapKind::Aggregate(kind) = spec.kind else {
         panic!()
     };
-    let mut merged = per_cpu[0].clone();
-    for values in &per_cpu[1..] {
-        for (word, value) in values.iter().enumerate() {
-            merged[word] = match (kind, word) {
-                (AggregateKind::Min, 0) | (AggregateKind::Stats, 2) => {
-                    (merged[word] as i64).min(*value as i64) as u64
-                }
-                (AggregateKind::Max, 0) | (AggregateKind::Stats, 3) => {
-                    (merged[word] as i64).max(*value as i64) as u64
-                }
-                _ => merged[word].wrapping_add(*value),
-            };
-        }
-    }
-    merged
+    let bytes: Vec<Vec<u8>> = per_cpu
+        .iter()
+        .map(|words| words.iter().flat_map(|word| word.to_le_bytes()).collect())
+        .collect();
+    let values: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    lang::format::merge_aggregate(kind, &values)
+        .into_iter()
+        .map(|word| word as u64)
+        .collect()
 }
 
 fn expected(spec: &probe_port_protocol::maps::MapSpec, values: &[i64]) -> Vec<u64> {
